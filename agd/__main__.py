@@ -1,0 +1,3 @@
+from agd.cli import main
+
+main()

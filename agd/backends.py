@@ -1,0 +1,88 @@
+"""What each compute backend of agd can do on this machine, and why not when it cannot.
+
+Every backend reports a :class:`BackendStatus`; ``agd info`` prints them all. Probes are cheap and
+lazy: nothing here is evaluated at import time.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """One backend: whether it is usable here and, either way, a one-line reason."""
+
+    name: str
+    available: bool
+    reason: str
+    details: dict[str, str] = field(default_factory=dict)
+
+
+def package_version(dist: str) -> str | None:
+    """Installed version of a distribution, without importing it (None when not installed)."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict[str, str]:
+    import agd
+
+    cuda = torch.version.cuda
+    return {
+        "agd": agd.__version__,
+        "python": f"{sys.version.split()[0]} ({platform.machine()})",
+        "torch": f"{torch.__version__}" + (f" (CUDA {cuda})" if cuda else " (no CUDA)"),
+        "triton": package_version("triton") or "not installed",
+        "tvm": package_version("apache-tvm") or "not installed",
+        "tvm-ffi": package_version("apache-tvm-ffi") or "not installed",
+        "numpy": package_version("numpy") or "not installed",
+    }
+
+
+def cuda_device_status() -> BackendStatus:
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return BackendStatus("cuda device", False, f"torch {torch.__version__} is a CPU-only build")
+    if not torch.cuda.is_available():
+        return BackendStatus("cuda device", False, "torch has CUDA but no device is visible")
+    name = torch.cuda.get_device_name(0)
+    cap = ".".join(map(str, torch.cuda.get_device_capability(0)))
+    return BackendStatus("cuda device", True, f"{name} (sm {cap})", {"count": str(torch.cuda.device_count())})
+
+
+def cuda_ops_status() -> BackendStatus:
+    """The CUDA operator library (agd/_C_cuda*.so, built by setup.py only with a CUDA torch and nvcc)."""
+    from pathlib import Path
+
+    import agd
+
+    dev = cuda_device_status()
+    if torch.version.cuda is None:
+        return BackendStatus("CUDA ops", False, dev.reason)
+    built = sorted(Path(agd.__file__).parent.glob("_C_cuda*.so"))
+    if not built:
+        return BackendStatus(
+            "CUDA ops", False, "agd._C_cuda is not built (reinstall with a CUDA torch and nvcc; FORCE_CUDA=1 without a GPU)"
+        )
+    if not dev.available:
+        return BackendStatus("CUDA ops", False, f"built ({built[0].name}) but {dev.reason}")
+    return BackendStatus("CUDA ops", True, f"{built[0].name} on {dev.reason}")
+
+
+def all_backends() -> list[BackendStatus]:
+    """Every backend in the order ``agd info`` prints them."""
+    from agd import kernels, ops, tuning
+
+    out = [cuda_device_status(), kernels.triton_status()]
+    ok, why = ops.cpp_status()
+    out.append(BackendStatus("C++ CPU ops", ok, why))
+    out.append(cuda_ops_status())
+    out.extend(tuning.target_status(name) for name in tuning.TARGETS)
+    return out

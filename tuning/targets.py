@@ -1,0 +1,123 @@
+"""Deployment targets: what TVM builds for, what is needed to build and to run there.
+
+A target is named (``x86``, ``arm64``, ``cuda``) or given as ``rpc://HOST:PORT/KEY`` for a device behind
+a TVM RPC tracker. Each resolves to a TVM target as a JSON dict (TVM's own representation).
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+from agd.backends import BackendStatus, package_version
+from agd.io import AgdError
+
+TARGETS = ("x86", "arm64", "cuda")
+ARM64_CROSS_CXX = "aarch64-linux-gnu-g++"
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A resolved target: the TVM target dict, its host, and how artifacts are built and run."""
+
+    name: str
+    tvm_target: dict[str, Any]
+    host: dict[str, Any] | None = None
+    cross_compiler: str | None = None  # export_library compiler for a foreign architecture
+    rpc: tuple[str, int, str] | None = None  # (host, port, key) of a TVM RPC tracker
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def _tvm():
+    try:
+        import tvm  # noqa: F401
+    except Exception as e:  # an ImportError or a broken native library
+        raise AgdError(f"apache-tvm is not usable ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                       "pip install 'apache-tvm==0.27.0.post1' 'apache-tvm-ffi==0.1.14.post1'") from None
+    return tvm
+
+
+def host_cpu() -> str:
+    """LLVM's name for this machine's CPU (e.g. ``znver3``, ``skylake-avx512``)."""
+    return _tvm().target.codegen.llvm_get_system_cpu()
+
+
+def resolve_target(name: str, cuda_arch: str | None = None) -> TargetSpec:
+    """Turn a target name into a :class:`TargetSpec`; AgdError for an unknown name."""
+    if name == "x86":
+        if platform.machine() not in ("x86_64", "AMD64"):
+            raise AgdError(f"target x86: this machine is {platform.machine()}; use arm64 or an rpc:// target")
+        cpu = host_cpu()
+        return TargetSpec("x86", {"kind": "llvm", "mcpu": cpu}, notes={"cpu": cpu})
+    if name == "arm64":
+        tgt = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+        native = platform.machine() in ("aarch64", "arm64")
+        return TargetSpec("arm64", tgt, cross_compiler=None if native else ARM64_CROSS_CXX)
+    if name == "cuda":
+        arch = cuda_arch or _local_cuda_arch() or "sm_90"
+        return TargetSpec("cuda", {"kind": "cuda", "arch": arch}, host={"kind": "llvm"}, notes={"arch": arch})
+    if name.startswith("rpc://"):
+        rest = name[len("rpc://"):]
+        try:
+            hostport, key = rest.split("/", 1)
+            host, port = hostport.rsplit(":", 1)
+            rpc = (host, int(port), key)
+        except ValueError:
+            raise AgdError(f"target {name!r}: expected rpc://HOST:PORT/KEY") from None
+        if not key:
+            raise AgdError(f"target {name!r}: the device key after the port is empty")
+        return TargetSpec(name, {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
+                          cross_compiler=ARM64_CROSS_CXX, rpc=rpc)
+    raise AgdError(f"unknown target {name!r}: expected one of {', '.join(TARGETS)} or rpc://HOST:PORT/KEY")
+
+
+def _local_cuda_arch() -> str | None:
+    import torch
+
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        return f"sm_{major}{minor}"
+    return None
+
+
+def target_status(name: str) -> BackendStatus:
+    """Whether agd can build for and run on the named target here, with the reason."""
+    label = f"TVM {name}"
+    version = package_version("apache-tvm")
+    if version is None:
+        return BackendStatus(label, False, "apache-tvm is not installed (pip install 'agd[tvm]')")
+    try:
+        tvm = _tvm()
+    except AgdError as e:
+        return BackendStatus(label, False, str(e))
+    codegen = tvm.target.codegen
+    llvm_targets = set(codegen.llvm_get_targets()) if tvm.runtime.enabled("llvm") else set()
+    if name == "x86":
+        if platform.machine() not in ("x86_64", "AMD64"):
+            return BackendStatus(label, False, f"host is {platform.machine()}")
+        if "x86_64" not in llvm_targets:
+            return BackendStatus(label, False, "this TVM build has no LLVM x86 backend")
+        cpu = codegen.llvm_get_system_cpu()
+        feats = codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": cpu}))
+        simd = [f for f in ("avx512f", "avx2", "avx", "fma") if f in feats]
+        return BackendStatus(label, True, f"llvm {codegen.llvm_version_major()}, cpu {cpu} ({' '.join(simd) or 'no AVX'})")
+    if name == "arm64":
+        if "aarch64" not in llvm_targets:
+            return BackendStatus(label, False, "this TVM build has no LLVM aarch64 backend")
+        if platform.machine() in ("aarch64", "arm64"):
+            return BackendStatus(label, True, "native aarch64 host")
+        if shutil.which(ARM64_CROSS_CXX) is None:
+            return BackendStatus(label, False, f"cross compiler {ARM64_CROSS_CXX} not found (apt-get install g++-aarch64-linux-gnu)")
+        run = "runs via TVM RPC" + (" (qemu-aarch64 found for emulated tests)" if shutil.which("qemu-aarch64") else "")
+        return BackendStatus(label, True, f"cross-compiles with {ARM64_CROSS_CXX}; {run}")
+    if name == "cuda":
+        import tvm_ffi
+
+        if tvm_ffi.get_global_func("target.build.cuda", allow_missing=True) is None:
+            return BackendStatus(label, False, "this TVM build has no CUDA code generator")
+        if tvm.cuda(0).exist:
+            return BackendStatus(label, True, "builds and runs (CUDA device present)")
+        return BackendStatus(label, True, "builds here; running and tuning need a CUDA device (none visible)")
+    return BackendStatus(label, False, f"unknown target {name!r}")
