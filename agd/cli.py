@@ -123,15 +123,16 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("agd: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:
+        # usage errors and exits of click (typer >= 0.29 vendors it as typer._click): matched by shape,
+        # so this works with either
+        code = getattr(e, "exit_code", None)
+        if code is not None and callable(getattr(e, "show", None)):
             e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+            sys.exit(code)
+        if code is not None and type(e).__name__ == "Exit":
+            sys.exit(code)
+        if type(e).__name__ == "Abort":
             sys.exit(1)
         raise
 

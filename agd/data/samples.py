@@ -1,0 +1,67 @@
+"""The built-in sample set: real photographs that ship inside installed wheels (no download).
+
+scikit-image (a dependency of agd) carries a few public-domain / CC0 test photographs in its wheel;
+scikit-learn's ``china.jpg`` and ``flower.jpg`` are used too when scikit-learn happens to be installed.
+These are the embedded default input of ``agd demo`` and the main job.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from agd.io import AgdError
+
+# (package, path inside the package, name); colour photographs only
+_SOURCES = (
+    ("skimage", "data/astronaut.png", "astronaut"),
+    ("skimage", "data/coffee.png", "coffee"),
+    ("skimage", "data/chelsea.png", "chelsea"),
+    ("skimage", "data/rocket.jpg", "rocket"),
+    ("skimage", "data/motorcycle_left.png", "motorcycle"),
+    ("sklearn", "datasets/images/china.jpg", "china"),
+    ("sklearn", "datasets/images/flower.jpg", "flower"),
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    path: Path
+    package: str
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def sample_files() -> list[Sample]:
+    """The sample images found in the installed packages (located without importing them)."""
+    found = []
+    for pkg, rel, name in _SOURCES:
+        root = _package_dir(pkg)
+        if root is not None and (root / rel).is_file():
+            found.append(Sample(name, root / rel, pkg))
+    if not found:
+        raise AgdError("built-in samples: none found; they ship in scikit-image (pip install scikit-image)")
+    return found
+
+
+def sample_images(names: list[str] | None = None) -> list[tuple[str, torch.Tensor]]:
+    """(name, (3, H, W) float32 [0, 1] image) for each sample, or for the given names."""
+    from agd.data.images import read_image
+
+    files = sample_files()
+    if names is not None:
+        known = {s.name: s for s in files}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise AgdError(f"built-in samples: unknown {', '.join(missing)} (available: {', '.join(known)})")
+        files = [known[n] for n in names]
+    return [(s.name, read_image(s.path)) for s in files]
