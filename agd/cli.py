@@ -68,8 +68,9 @@ def teachers_list(as_json: bool = typer.Option(False, "--json", help="Print mach
     from rich.table import Table
 
     table = Table()
-    for col in ("name", "task", "scale", "params", "MACs", "input", "installed"):
-        table.add_column(col)
+    for col in ("name", "task", "scale", "params", "MACs", "input"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("installed", overflow="fold")
     for r in rows:
         table.add_row(r["name"], r["task"], f"x{r['scale']}" if r["task"] == "sr" else "-",
                       f"{r['params'] / 1e6:.3f} M", f"{r['gmacs']:.2f} G", r["reference_input"],

@@ -47,11 +47,6 @@ def fit_image(img: torch.Tensor, max_side: int, multiple: int) -> torch.Tensor:
     return img[:, :h2, :w2]
 
 
-def to_8bit(x: torch.Tensor) -> torch.Tensor:
-    """Round a [0, 1] image to the 8-bit grid (as a saved image would be), keep it float."""
-    return (x.clamp(0, 1) * 255).round() / 255
-
-
 def _timed(fn, x: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, float]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -68,7 +63,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     from agd.cost import count_macs
     from agd.data.images import write_image
-    from agd.data.resize import imresize
+    from agd.data.resize import imresize, to_8bit
     from agd.data.samples import sample_images
     from agd.metrics import psnr, ssim
     from agd.teachers import load_teacher, tiled_forward
@@ -106,10 +101,10 @@ def run_demo(cfg: DemoConfig) -> dict:
             rows.append({
                 "image": name,
                 "hr_size": f"{w}x{h}",
-                "sr_psnr_y": psnr(sr_img, hr, crop_border=scale, y_channel=True),
-                "sr_ssim_y": ssim(sr_img, hr, crop_border=scale, y_channel=True),
-                "bicubic_psnr_y": psnr(bic, hr, crop_border=scale, y_channel=True),
-                "bicubic_ssim_y": ssim(bic, hr, crop_border=scale, y_channel=True),
+                "sr_psnr_y": psnr(sr_img, hr, crop=scale, y_channel=True),
+                "sr_ssim_y": ssim(sr_img, hr, crop=scale, y_channel=True),
+                "bicubic_psnr_y": psnr(bic, hr, crop=scale, y_channel=True),
+                "bicubic_ssim_y": ssim(bic, hr, crop=scale, y_channel=True),
                 "sr_gmacs": count_macs(sr.module, (1, 3, h // scale, w // scale)) / 1e9,
                 "sr_ms": sr_ms,
                 "translation_gmacs": count_macs(tr.module, (1, 3, h, w)) / 1e9,
