@@ -81,11 +81,16 @@ def output_size(in_hw: tuple[int, int], scale: float | tuple[float, float] | Non
 
 
 def imresize(img: torch.Tensor, scale: float | tuple[float, float] | None = None, *,
-             size: tuple[int, int] | None = None, kernel: str = "cubic", antialias: bool = True) -> torch.Tensor:
+             size: tuple[int, int] | None = None, kernel: str = "cubic", antialias: bool = True,
+             uint8_passes: bool = False) -> torch.Tensor:
     """Resize a (C, H, W) or (N, C, H, W) float image like MATLAB's ``imresize``.
 
     ``scale`` (e.g. 1/4 to downscale x4) or ``size`` (H, W). Computed in the input's dtype (float32 or
     float64; other dtypes are computed in float32 and cast back).
+
+    ``uint8_passes=True`` reproduces MATLAB on a ``uint8`` image bit for bit: the image is taken to the
+    integers 0..255 (float64), and after each 1-D pass the result is clamped to [0, 255] and rounded half
+    away from zero, as MATLAB's uint8 passes do; the result is returned on the 8-bit grid in [0, 1].
     """
     from agd.ops import resample
 
@@ -95,6 +100,9 @@ def imresize(img: torch.Tensor, scale: float | tuple[float, float] | None = None
     (oh, ow), (sh, sw) = output_size(in_hw, scale, size)
     orig = img.dtype
     x = img if orig in (torch.float32, torch.float64) else img.float()
+    if uint8_passes:
+        # MATLAB works on the integers 0..255 here: do the same, in float64, so ties round as there
+        x = torch.floor(x.to(torch.float64).clamp(0, 1) * 255 + 0.5)
     dims = [(-2, in_hw[0], oh, sh), (-1, in_hw[1], ow, sw)]
     dims.sort(key=lambda d: d[3])  # smaller scale first; stable sort keeps height first on ties
     for dim, n_in, n_out, s in dims:
@@ -102,6 +110,10 @@ def imresize(img: torch.Tensor, scale: float | tuple[float, float] | None = None
             continue
         idx, w = resize_weights(n_in, n_out, s, kernel, antialias)
         x = resample(x, dim, torch.from_numpy(idx).to(x.device), torch.from_numpy(w).to(x.device, x.dtype))
+        if uint8_passes:
+            x = torch.floor(x.clamp(0, 255) + 0.5)
+    if uint8_passes:
+        x = x / 255
     return x.to(orig)
 
 
@@ -111,5 +123,6 @@ def to_8bit(x: torch.Tensor) -> torch.Tensor:
 
 
 def bicubic_degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:
-    """The standard SR degradation: MATLAB bicubic downscale by ``scale``, rounded to 8 bits."""
-    return to_8bit(imresize(hr, 1 / scale))
+    """The standard SR degradation: MATLAB ``imresize(hr_uint8, 1/scale)`` (bicubic, antialiased), exactly
+    as on a ``uint8`` image (8-bit rounding after each pass); ``hr`` is rounded to 8 bits first."""
+    return imresize(to_8bit(hr), 1 / scale, uint8_passes=True)
