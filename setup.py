@@ -30,6 +30,7 @@ PACKAGES = [
     "agd.data",
     "agd.metrics",
     "agd.cost",
+    "agd.space",
     "agd.commands",
     "agd.kernels",
     "agd.tuning",

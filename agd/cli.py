@@ -24,6 +24,22 @@ app = typer.Typer(
 )
 teachers_app = typer.Typer(help="Pretrained teacher generators: list them, run them on images.", no_args_is_help=True)
 app.add_typer(teachers_app, name="teachers")
+space_app = typer.Typer(help="Search spaces: their layers, choices, size and cost range.", no_args_is_help=True)
+app.add_typer(space_app, name="space")
+arch_app = typer.Typer(help="Chosen architectures (genotype JSON files).", no_args_is_help=True)
+app.add_typer(arch_app, name="arch")
+
+
+def _size(size: Optional[str]) -> Optional[tuple[int, int]]:
+    if size is None:
+        return None
+    try:
+        h, w = (int(v) for v in size.lower().split("x"))
+        if h <= 0 or w <= 0:
+            raise ValueError
+    except ValueError:
+        raise AgdError(f"--size {size!r}: expected HxW, e.g. 256x256") from None
+    return h, w
 
 
 def _console():
@@ -93,6 +109,74 @@ def teachers_run(
     from agd.commands.teachers import run_teacher_on_folder
 
     run_teacher_on_folder(name, in_dir, out_dir, device=device, tile=tile, overlap=overlap, task=task, scale=scale)
+
+
+@space_app.command("show")
+def space_show(
+    task: str = typer.Option("translation", "--task", help="translation or sr, or a preset name (translation-tiny, sr-x2, ...)."),
+    size: Optional[str] = typer.Option(None, help="Input size HxW for the MACs (default: the space's reference size)."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """A space's layers and choices, its number of architectures, min/max MACs and the teacher's MACs."""
+    from agd.commands.space import space_summary
+    from agd.cost import format_count
+
+    s = space_summary(task, _size(size))
+    if as_json:
+        typer.echo(json.dumps(s, indent=1))
+        return
+    from rich.table import Table
+
+    con = _console()
+    table = Table(title=f"space {s['space']} ({s['kind']}{' x' + str(s['scale']) if s['kind'] == 'sr' else ''}), "
+                        f"input {'x'.join(map(str, s['input']))}", title_justify="left")
+    for col in ("layer", "operators", "widths", "input size"):
+        table.add_column(col)
+    for layer in s["layers"]:
+        table.add_row(layer["name"], ", ".join(layer["ops"]), ", ".join(map(str, layer["widths"])),
+                      "x".join(map(str, layer["input_size"])))
+    con.print(table)
+    con.print(f"searchable layers: {s['searchable_layers']}   architectures: {s['architectures']:.3e} ({s['architectures']})",
+              highlight=False)
+    con.print(f"MACs: min {format_count(s['min_macs'])} (exact {s['min_macs']}), max {format_count(s['max_macs'])} "
+              f"(exact {s['max_macs']})", highlight=False)
+    if s["teacher_macs"] is not None:
+        con.print(f"teacher {s['teacher']}: {format_count(s['teacher_macs'])}MACs at the same input "
+                  f"(max/teacher {s['max_macs'] / s['teacher_macs']:.3f}, min/teacher {s['min_macs'] / s['teacher_macs']:.4f})",
+                  highlight=False)
+
+
+@arch_app.command("show")
+def arch_show(
+    genotype: Path = typer.Argument(..., help="A genotype JSON file (see examples/)."),
+    png: Optional[Path] = typer.Option(None, help="Also draw the generator into this PNG file."),
+    size: Optional[str] = typer.Option(None, help="Input size HxW (default: the space's reference size)."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """The derived generator layer by layer: operator, widths, sizes, MACs and params."""
+    from agd.commands.space import arch_rows, draw_architecture, load_genotype
+    from agd.cost import format_count
+
+    g = load_genotype(genotype)
+    rows, total = arch_rows(g, _size(size))
+    if png is not None:
+        draw_architecture(rows, total, png, title=f"{genotype.name} ({total['kind']})")
+    if as_json:
+        typer.echo(json.dumps({"layers": rows, "total": total, "png": str(png) if png else None}, indent=1))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{genotype} ({total['kind']}), input {'x'.join(map(str, total['input']))}", title_justify="left")
+    for col in ("layer", "op", "in -> out", "output size", "MACs", "params"):
+        table.add_column(col, no_wrap=True)
+    for r in rows:
+        table.add_row(r["name"], r["op"], f"{r['in']} -> {r['out']}", "x".join(map(str, r["output_size"])),
+                      format_count(r["macs"]), format_count(r["params"]))
+    table.add_row("total", "", "", "", format_count(total["macs"]), format_count(total["params"]))
+    con = _console()
+    con.print(table)
+    if png is not None:
+        con.print(f"wrote {png}", highlight=False)
 
 
 @app.command()

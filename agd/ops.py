@@ -280,3 +280,30 @@ def resample(x: torch.Tensor, dim: int, idx: torch.Tensor, w: torch.Tensor) -> t
         if x.device.type == "cpu" and _has_cpu_kernel("resample"):
             return resample_reference(x, dim, idx, w)
     return torch.ops.agd.resample(x, dim, idx, w)
+
+
+# --------------------------------------------------------------------------------------------
+# mixed_sum: the weighted sum of a mixed layer's candidate outputs, out = sum_k w[k] * outs[k]
+# Every supernet layer goes through here; a fused kernel (Triton) replaces the fast path only.
+# --------------------------------------------------------------------------------------------
+
+
+def mixed_sum_reference(weights: torch.Tensor, outs: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """PyTorch reference: ``sum_k weights[k] * outs[k]`` (all outputs of one shape), differentiable in both."""
+    if weights.dim() != 1 or weights.shape[0] != len(outs) or not outs:
+        raise ValueError(f"mixed_sum: {weights.shape[0] if weights.dim() == 1 else tuple(weights.shape)} weights "
+                         f"for {len(outs)} candidate outputs")
+    shape = outs[0].shape
+    for k, o in enumerate(outs):
+        if o.shape != shape:
+            raise ValueError(f"mixed_sum: candidate {k} has shape {tuple(o.shape)}, candidate 0 {tuple(shape)}")
+    w = weights.to(outs[0].dtype)
+    acc = w[0] * outs[0]
+    for k in range(1, len(outs)):
+        acc = acc + w[k] * outs[k]
+    return acc
+
+
+def mixed_sum(weights: torch.Tensor, outs: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The weighted candidate sum of a mixed layer (see :func:`mixed_sum_reference`)."""
+    return mixed_sum_reference(weights, outs)

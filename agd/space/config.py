@@ -1,0 +1,135 @@
+"""Search-space configurations: typed, frozen, JSON-serialisable, with named presets.
+
+The defaults follow AutoGAN-Distiller's spaces (Fu et al., ICML 2020) plus what it lacked (a true
+``identity`` choice, optional dilated 3x3, configurable operator sets):
+- widths are ``ratio x base`` for ratios {4, 6, 8, 10, 12}/12, rounded to multiples of 8;
+- translation: stem conv7x7 (64) → two stride-2 conv3x3 (128, 256) → ``n_layers`` searchable layers at
+  1/4 resolution (base 256) → two transposed conv3x3 (128, 64) → conv7x7 to 3 channels with tanh;
+  InstanceNorm + ReLU; stem and header widths searchable;
+- super-resolution: conv3x3 (nf 64) → ``n_cells`` cells of ``layers_per_cell`` searchable layers (cell
+  output ``0.2 * cell(x) + x``, inner widths searchable, cell in/out fixed at nf) → trunk conv3x3 + global
+  skip → per x2: nearest upsampling, conv3x3, LeakyReLU(0.2) → conv_hr (LeakyReLU) → conv_last; no norm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from agd.io import AgdError
+
+SEARCH_OPS = ("conv1x1", "conv3x3", "conv3x3_d2", "resblock", "dwsblock", "identity")
+AGD_RATIOS = (4 / 12, 6 / 12, 8 / 12, 10 / 12, 12 / 12)
+DEFAULT_OPS = ("conv1x1", "conv3x3", "resblock", "dwsblock", "identity")
+
+
+def width_choices(base: int, ratios: tuple[float, ...], round_to: int) -> tuple[int, ...]:
+    """Sorted distinct widths ``round(ratio * base / round_to) * round_to`` (at least ``round_to``)."""
+    return tuple(sorted({max(round_to, int(round(r * base / round_to)) * round_to) for r in ratios}))
+
+
+def _check_common(ops: tuple[str, ...], ratios: tuple[float, ...], round_to: int, expansion: int) -> None:
+    bad = [o for o in ops if o not in SEARCH_OPS]
+    if bad or not ops:
+        raise AgdError(f"space: unknown operator(s) {bad or '(none given)'}; choose from {', '.join(SEARCH_OPS)}")
+    if len(set(ops)) != len(ops):
+        raise AgdError(f"space: operators repeated in {ops}")
+    if not ratios or any(not 0 < r <= 1 for r in ratios):
+        raise AgdError(f"space: width ratios {ratios} must lie in (0, 1]")
+    if round_to < 1 or expansion < 1:
+        raise AgdError("space: round_to and dws_expansion must be >= 1")
+
+
+@dataclass(frozen=True)
+class TranslationSpaceConfig:
+    in_ch: int = 3
+    out_ch: int = 3
+    stem_width: int = 64
+    down_widths: tuple[int, int] = (128, 256)
+    up_widths: tuple[int, int] = (128, 64)
+    n_layers: int = 9
+    ops: tuple[str, ...] = DEFAULT_OPS
+    width_ratios: tuple[float, ...] = AGD_RATIOS
+    round_to: int = 8
+    search_stem_header: bool = True
+    padding: str = "reflect"
+    norm_affine: bool = False
+    dws_expansion: int = 3
+    reference_size: tuple[int, int] = (256, 256)
+
+    kind = "translation"
+
+    def __post_init__(self) -> None:
+        _check_common(self.ops, self.width_ratios, self.round_to, self.dws_expansion)
+        if self.n_layers < 1:
+            raise AgdError(f"space: n_layers {self.n_layers} must be >= 1")
+        if self.padding not in ("zeros", "reflect"):
+            raise AgdError(f"space: padding {self.padding!r} is not zeros or reflect")
+
+    @property
+    def scale(self) -> int:
+        return 1
+
+
+@dataclass(frozen=True)
+class SRSpaceConfig:
+    in_ch: int = 3
+    out_ch: int = 3
+    scale: int = 4
+    nf: int = 64
+    n_cells: int = 5
+    layers_per_cell: int = 5
+    ops: tuple[str, ...] = DEFAULT_OPS
+    width_ratios: tuple[float, ...] = AGD_RATIOS
+    round_to: int = 8
+    dws_expansion: int = 3
+    reference_size: tuple[int, int] = (256, 256)  # the LR input, as for the teachers
+
+    kind = "sr"
+
+    def __post_init__(self) -> None:
+        _check_common(self.ops, self.width_ratios, self.round_to, self.dws_expansion)
+        if self.scale not in (1, 2, 4, 8):
+            raise AgdError(f"space: SR scale {self.scale} must be 1, 2, 4 or 8 (nearest x2 upsampling rounds)")
+        if self.n_cells < 1 or self.layers_per_cell < 1:
+            raise AgdError("space: n_cells and layers_per_cell must be >= 1")
+
+
+SpaceConfig = TranslationSpaceConfig | SRSpaceConfig
+
+PRESETS: dict[str, SpaceConfig] = {
+    "translation": TranslationSpaceConfig(),
+    "translation-tiny": TranslationSpaceConfig(stem_width=8, down_widths=(8, 16), up_widths=(8, 8), n_layers=2,
+                                               width_ratios=(0.5, 1.0), round_to=4, reference_size=(32, 32)),
+    "sr-x4": SRSpaceConfig(),
+    "sr-x2": SRSpaceConfig(scale=2),
+    "sr-tiny": SRSpaceConfig(nf=8, n_cells=1, layers_per_cell=3, width_ratios=(0.5, 1.0), round_to=4,
+                             reference_size=(12, 12)),
+}
+TASK_PRESETS = {"translation": "translation", "sr": "sr-x4"}
+
+
+def config_to_dict(cfg: SpaceConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    return {"kind": cfg.kind, **{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}}
+
+
+def config_from_dict(d: dict[str, Any], what: str = "space") -> SpaceConfig:
+    d = dict(d)
+    kind = d.pop("kind", None)
+    cls = {"translation": TranslationSpaceConfig, "sr": SRSpaceConfig}.get(kind)
+    if cls is None:
+        raise AgdError(f"{what}: kind {kind!r} is not 'translation' or 'sr'")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise AgdError(f"{what}: unknown field(s) {', '.join(unknown)} for a {kind} space")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def get_config(name: str, **overrides: Any) -> SpaceConfig:
+    """A preset by name (or task: ``translation``, ``sr``), optionally with fields replaced."""
+    key = TASK_PRESETS.get(name, name)
+    if key not in PRESETS:
+        raise AgdError(f"space {name!r}: unknown (presets: {', '.join(PRESETS)})")
+    return replace(PRESETS[key], **overrides) if overrides else PRESETS[key]

@@ -1,0 +1,50 @@
+"""The two generator topologies. The same classes hold a supernet (their layers are mixed layers) and a
+derived generator (their layers are plain blocks), so the wiring exists once."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ChainGenerator(nn.Module):
+    """Layers applied in order (the translation generator: stem, downsampling, body, upsampling, head).
+    Works in the teacher's convention: input and output in [-1, 1]."""
+
+    def __init__(self, layers: nn.ModuleList) -> None:
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class SRGenerator(nn.Module):
+    """ESRGAN-like: conv_first → cells (each ``x + cell_scale * cell(x)``) → conv_body + global skip →
+    per x2 round nearest upsampling and conv_up → conv_hr → conv_last. Images in [0, 1]."""
+
+    def __init__(self, layers: nn.ModuleList, n_cells: int, layers_per_cell: int, n_up: int,
+                 cell_scale: float = 0.2) -> None:
+        super().__init__()
+        if len(layers) != 1 + n_cells * layers_per_cell + 1 + n_up + 2:
+            raise ValueError("SRGenerator: layer count does not match the cell layout")
+        self.layers = layers
+        self.n_cells, self.layers_per_cell, self.n_up, self.cell_scale = n_cells, layers_per_cell, n_up, cell_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = iter(self.layers)
+        fea = next(layers)(x)
+        h = fea
+        for _ in range(self.n_cells):
+            y = h
+            for _ in range(self.layers_per_cell):
+                y = next(layers)(y)
+            h = h + self.cell_scale * y
+        fea = fea + next(layers)(h)
+        for _ in range(self.n_up):
+            fea = next(layers)(F.interpolate(fea, scale_factor=2.0, mode="nearest"))
+        conv_hr, conv_last = next(layers), next(layers)
+        return conv_last(conv_hr(fea))

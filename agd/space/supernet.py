@@ -1,0 +1,246 @@
+"""The supernet: every layer of a space as a mixed layer over its operators and widths.
+
+- Operator weights are ``softmax(alpha)``; the weighted candidate sum goes through
+  :func:`agd.ops.mixed_sum`.
+- Widths use weights shared slimmable-style (the leading channels of the largest width). A width is
+  sampled by straight-through Gumbel-softmax (AutoGAN-Distiller's choice; the forward runs at the sampled
+  width only, the gradient reaches ``beta`` through the sample's gate), or taken in expectation (a soft
+  channel mask at the largest width), or set to max / min / random / argmax for sandwich training.
+- ``alpha`` and ``beta`` are the architecture parameters (``arch_parameters()``); everything else is a
+  weight (``weight_parameters()``).
+- :meth:`Supernet.expected_macs` is the differentiable expected cost under the current distributions.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agd.io import AgdError
+from agd.ops import mixed_sum
+from agd.space.config import SpaceConfig
+from agd.space.genotype import Genotype, LayerChoice
+from agd.space.networks import ChainGenerator, SRGenerator
+from agd.space.space import LayerSpec, SearchSpace, build_op, op_valid
+
+OP_MODES = ("mixture", "sample", "argmax", "fixed")
+WIDTH_MODES = ("gumbel", "expectation", "max", "min", "random", "argmax", "fixed")
+
+
+@dataclass
+class Sampling:
+    """How the mixed layers choose, shared by all layers of a supernet."""
+
+    ops: str = "mixture"
+    widths: str = "gumbel"
+    tau: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.ops not in OP_MODES:
+            raise AgdError(f"sampling: ops mode {self.ops!r} is not one of {', '.join(OP_MODES)}")
+        if self.widths not in WIDTH_MODES:
+            raise AgdError(f"sampling: widths mode {self.widths!r} is not one of {', '.join(WIDTH_MODES)}")
+        if not self.tau > 0:
+            raise AgdError(f"sampling: temperature {self.tau} must be > 0")
+
+
+@dataclass(frozen=True)
+class TemperatureSchedule:
+    """Gumbel-softmax temperature from ``start`` to ``end`` over ``steps``, exponential or linear."""
+
+    start: float = 5.0
+    end: float = 0.5
+    steps: int = 1000
+    kind: str = "exp"
+
+    def at(self, step: int) -> float:
+        t = min(max(step, 0), self.steps) / max(self.steps, 1)
+        if self.kind == "exp":
+            return self.start * (self.end / self.start) ** t
+        if self.kind == "linear":
+            return self.start + (self.end - self.start) * t
+        raise AgdError(f"temperature schedule: kind {self.kind!r} is not exp or linear")
+
+
+def build_network(space: SearchSpace, layers: list[nn.Module]) -> nn.Module:
+    """Wire layers (mixed or plain, in the space's order) into the space's generator topology."""
+    c = space.config
+    if space.kind == "translation":
+        return ChainGenerator(nn.ModuleList(layers))
+    return SRGenerator(nn.ModuleList(layers), c.n_cells, c.layers_per_cell, int(math.log2(c.scale)))
+
+
+class MixedLayer(nn.Module):
+    def __init__(self, spec: LayerSpec, in_choices: tuple[int, ...], sampling: Sampling) -> None:
+        super().__init__()
+        self.spec, self.in_choices, self.widths = spec, in_choices, spec.widths
+        projection = any(ci != co for ci in in_choices for co in spec.widths)
+        c_in, c_out = max(in_choices), max(spec.widths)
+        self.candidates = nn.ModuleDict({op: build_op(op, spec, c_in, c_out, projection=projection) for op in spec.ops})
+        self.alpha = nn.Parameter(torch.zeros(len(spec.ops))) if len(spec.ops) > 1 else None
+        self.beta = nn.Parameter(torch.zeros(len(spec.widths))) if len(spec.widths) > 1 else None
+        self.sampling = sampling
+        self.fixed: tuple[int, int] | None = None  # (operator index, width index)
+        self.register_buffer("_masks", torch.stack([(torch.arange(c_out) < w).float() for w in spec.widths]),
+                             persistent=False)
+
+    # distributions ------------------------------------------------------------------
+    def op_probs(self) -> torch.Tensor:
+        if self.fixed is not None:
+            return F.one_hot(torch.tensor(self.fixed[0]), len(self.spec.ops)).to(self._masks)
+        return F.softmax(self.alpha, 0) if self.alpha is not None else self._masks.new_ones(1)
+
+    def width_probs(self) -> torch.Tensor:
+        if self.fixed is not None:
+            return F.one_hot(torch.tensor(self.fixed[1]), len(self.widths)).to(self._masks)
+        return F.softmax(self.beta, 0) if self.beta is not None else self._masks.new_ones(1)
+
+    # forward ------------------------------------------------------------------------
+    def _width(self) -> tuple[int, torch.Tensor | None]:
+        """(index of the width to run at, the straight-through gate or None)."""
+        s, n = self.sampling, len(self.widths)
+        if self.fixed is not None and s.widths == "fixed":
+            return self.fixed[1], None
+        if n == 1:
+            return 0, None
+        mode = s.widths
+        if mode == "fixed":
+            raise AgdError(f"layer {self.spec.name}: widths mode 'fixed' needs a fixed genotype (Supernet.fix)")
+        if mode == "max":
+            return n - 1, None
+        if mode == "min":
+            return 0, None
+        if mode == "random":
+            return random.randrange(n), None
+        if mode == "argmax":
+            return int(self.beta.argmax()), None
+        # gumbel: hard sample, straight-through gate of value 1
+        soft = F.gumbel_softmax(self.beta, tau=s.tau, hard=False)
+        j = int(soft.argmax())
+        return j, 1.0 - soft[j].detach() + soft[j]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.sampling
+        ops = self.spec.ops
+        soft_mask = None
+        if s.widths == "expectation" and len(self.widths) > 1 and self.fixed is None:
+            out_w, gate = max(self.widths), None
+            soft_mask = (self.width_probs()[:, None] * self._masks).sum(0).to(x.dtype)
+        else:
+            j, gate = self._width()
+            out_w = self.widths[j]
+
+        mode = "fixed" if (s.ops == "fixed" or (self.fixed is not None and s.ops == "fixed")) else s.ops
+        if len(ops) == 1:
+            y = self.candidates[ops[0]](x, out_w)
+        elif mode == "mixture":
+            y = mixed_sum(self.op_probs(), [self.candidates[op](x, out_w) for op in ops])
+        elif mode == "fixed":
+            if self.fixed is None:
+                raise AgdError(f"layer {self.spec.name}: ops mode 'fixed' needs a fixed genotype (Supernet.fix)")
+            onehot = F.one_hot(torch.tensor(self.fixed[0]), len(ops)).to(x.dtype).to(x.device)
+            y = mixed_sum(onehot, [self.candidates[op](x, out_w) for op in ops])
+        elif mode == "sample":
+            p = self.op_probs()
+            k = int(torch.multinomial(p.detach(), 1))
+            y = (1.0 - p[k].detach() + p[k]) * self.candidates[ops[k]](x, out_w)
+        else:  # argmax
+            y = self.candidates[ops[int(self.alpha.argmax())]](x, out_w)
+        if soft_mask is not None:
+            y = y * soft_mask.view(1, -1, 1, 1)
+        if gate is not None:
+            y = y * gate
+        return y
+
+    # choice -------------------------------------------------------------------------
+    def best_choice(self, c_in: int) -> LayerChoice:
+        """argmax width, then the most likely operator that is valid between ``c_in`` and it."""
+        w = self.widths[int(self.width_probs().argmax())]
+        order = torch.argsort(self.op_probs(), descending=True).tolist()
+        op = next(self.spec.ops[k] for k in order if op_valid(self.spec.ops[k], self.spec, c_in, w))
+        return LayerChoice(self.spec.name, op, w)
+
+
+class Supernet(nn.Module):
+    """A space's supernet: its generator topology with a :class:`MixedLayer` in every layer."""
+
+    def __init__(self, space: SearchSpace | SpaceConfig) -> None:
+        super().__init__()
+        self.space = space if isinstance(space, SearchSpace) else SearchSpace(space)
+        self.sampling = Sampling()
+        mixed = [MixedLayer(spec, self.space.in_choices(i), self.sampling) for i, spec in enumerate(self.space.layers)]
+        self.net = build_network(self.space, mixed)
+        self._tables: dict[tuple[int, int], list[torch.Tensor]] = {}
+
+    @property
+    def mixed_layers(self) -> list[MixedLayer]:
+        return list(self.net.layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def set_sampling(self, **changes) -> Sampling:
+        """Change the sampling modes in place (``ops=``, ``widths=``, ``tau=``); returns them."""
+        names = {f.name for f in fields(Sampling)}
+        unknown = set(changes) - names
+        if unknown:
+            raise AgdError(f"sampling: unknown setting(s) {', '.join(sorted(unknown))}")
+        new = Sampling(**{**{n: getattr(self.sampling, n) for n in names}, **changes})
+        for n in names:
+            setattr(self.sampling, n, getattr(new, n))
+        return self.sampling
+
+    # parameters ---------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.mixed_layers for p in (m.alpha, m.beta) if p is not None]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    # genotypes ----------------------------------------------------------------------
+    def fix(self, g: Genotype) -> None:
+        """Fix every layer to the genotype's choices (one-hot operator weights, fixed widths)."""
+        self.space.validate(g)
+        for m, ch in zip(self.mixed_layers, g.layers):
+            m.fixed = (m.spec.ops.index(ch.op), m.widths.index(ch.width))
+        self.set_sampling(ops="fixed", widths="fixed")
+
+    def unfix(self, **sampling) -> None:
+        for m in self.mixed_layers:
+            m.fixed = None
+        self.set_sampling(**({"ops": "mixture", "widths": "gumbel"} | sampling))
+
+    def genotype(self) -> Genotype:
+        """The most likely architecture under the current alpha/beta (identity only where valid)."""
+        layers, c_in = [], self.space.config.in_ch
+        for m in self.mixed_layers:
+            ch = m.best_choice(c_in)
+            layers.append(ch)
+            c_in = ch.width
+        return Genotype(self.space.config, layers)
+
+    # cost ---------------------------------------------------------------------------
+    def expected_macs(self, hw: tuple[int, int] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Differentiable expected MACs (total, per layer) under the current operator and width
+        distributions (one-hot where fixed); each layer's input-width distribution is the previous
+        layer's output-width distribution. Invalid identity pairs cost 0 (the supernet pads)."""
+        key = tuple(hw or self.space.config.reference_size)
+        if key not in self._tables:
+            self._tables[key] = [t.nan_to_num(0.0) for t in self.space.macs_tables(key)]
+        dev = self.mixed_layers[0]._masks.device
+        q_in = torch.ones(1, dtype=torch.float64, device=dev)
+        per_layer, total = {}, torch.zeros((), dtype=torch.float64, device=dev)
+        for m, table in zip(self.mixed_layers, self._tables[key]):
+            p = m.op_probs().to(torch.float64)
+            q = m.width_probs().to(torch.float64)
+            e = torch.einsum("k,i,j,kij->", p, q_in, q, table.to(dev))
+            per_layer[m.spec.name] = e
+            total = total + e
+            q_in = q
+        return total, per_layer

@@ -1,0 +1,293 @@
+"""The search spaces: supernet ≡ derived network, export, expected MACs, extremes, genotypes, gradients."""
+
+import itertools
+import json
+import random
+
+import pytest
+import torch
+
+from agd.cost import count, count_macs
+from agd.io import AgdError
+from agd.space import (
+    Genotype, LayerChoice, SearchSpace, Supernet, TemperatureSchedule, derive, get_config, op_valid, width_choices,
+)
+from agd.space.blocks import ConvNormAct, DwsBlock, Identity, ResBlock, Style
+
+# small inputs for forward passes (odd sizes); the reference size for MACs
+FORWARD_HW = {"translation": (20, 28), "sr-x4": (9, 11), "sr-x2": (7, 10), "translation-tiny": (17, 23), "sr-tiny": (7, 9)}
+N_RANDOM = 100
+
+
+def _randomised_supernet(name: str) -> Supernet:
+    torch.manual_seed(0)
+    sn = Supernet(SearchSpace(get_config(name)))
+    with torch.no_grad():  # non-trivial norms and biases too
+        for p in sn.weight_parameters():
+            p.normal_(0.0, 0.1) if p.dim() > 1 else p.uniform_(0.5, 1.5)
+    return sn.eval()
+
+
+@pytest.mark.parametrize("name", ["translation", "sr-x4"])
+def test_random_genotypes_supernet_equals_derived_and_exports(name):
+    """Acceptance, 100 random genotypes per space: (a) one-hot supernet ≡ derived network with inherited
+    weights (max abs diff <= 1e-5, float32), (b) torch.export succeeds on the derived network, (c) the
+    expected MACs at one-hot α equal the cost model's count of the derived network within 0.1 %."""
+    sn = _randomised_supernet(name)
+    space = sn.space
+    rng = random.Random(1234)
+    x = torch.rand(1, 3, *FORWARD_HW[name], generator=torch.Generator().manual_seed(0))
+    ref_shape = (1, 3, *space.config.reference_size)
+    worst = 0.0
+    ops_seen = set()
+    for _ in range(N_RANDOM):
+        g = space.random_genotype(rng)
+        ops_seen |= {c.op for c in g.layers}
+        sn.fix(g)
+        net = derive(g, sn).eval()
+        with torch.no_grad():
+            a, b = sn(x), net(x)
+        worst = max(worst, float((a - b).abs().max()))
+        assert worst <= 1e-5, g.to_json()
+        ep = torch.export.export(net, (x,))
+        assert torch.allclose(ep.module()(x), b, atol=1e-6)
+        expected, per_layer = sn.expected_macs()
+        with torch.device("meta"):
+            counted = count_macs(derive(g), ref_shape)
+        assert abs(expected.item() - counted) <= 1e-3 * counted, (expected.item(), counted)
+        assert expected.item() == pytest.approx(space.genotype_macs(g))
+        assert set(per_layer) == {s.name for s in space.layers}
+    assert ops_seen >= set(space.config.ops)
+
+
+def test_derived_network_is_standard_ops_only():
+    g = Genotype.load("examples/translation_r9_small.json")
+    net = derive(g)
+    with_weights = (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.InstanceNorm2d)
+    for m in net.modules():
+        if list(m.parameters(recurse=False)):
+            assert isinstance(m, with_weights), type(m)
+    ep = torch.export.export(net.eval(), (torch.rand(1, 3, 32, 32),))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert not any("agd" in t for t in targets), targets
+
+
+@pytest.mark.parametrize("name", ["translation", "sr-x4", "sr-x2", "translation-tiny", "sr-tiny"])
+def test_macs_extremes_match_brute_force(name):
+    """The printed min/max equal an independent computation: exhaustive over every architecture for the
+    tiny spaces (counted on the derived networks), and for the full spaces the DP's argmin/argmax
+    genotypes are counted by the cost model and no random genotype beats them."""
+    # exhaustive enumeration on the tiny translation space with a fixed stem/header keeps it fast
+    space = SearchSpace(get_config(name, search_stem_header=False) if name == "translation-tiny" else get_config(name))
+    (mn, gmin), (mx, gmax) = space.macs_extremes()
+    ref = (1, 3, *space.config.reference_size)
+    with torch.device("meta"):
+        assert count_macs(derive(gmin), ref) == mn
+        assert count_macs(derive(gmax), ref) == mx
+    if name.endswith("tiny"):
+        counts = []
+        per_layer = [[(op, w) for op in s.ops for w in s.widths] for s in space.layers]
+        for combo in itertools.product(*per_layer):
+            c_in, ok = space.config.in_ch, True
+            for spec, (op, w) in zip(space.layers, combo):
+                ok = ok and op_valid(op, spec, c_in, w)
+                c_in = w
+            if not ok:
+                continue
+            g = Genotype(space.config, [LayerChoice(s.name, op, w) for s, (op, w) in zip(space.layers, combo)])
+            with torch.device("meta"):
+                counts.append(count_macs(derive(g), ref))
+        assert len(counts) == space.num_architectures()
+        assert (min(counts), max(counts)) == (mn, mx)
+    else:
+        rng = random.Random(7)
+        for _ in range(200):
+            m = space.genotype_macs(space.random_genotype(rng))
+            assert mn <= m <= mx
+
+
+def test_space_facts():
+    t = SearchSpace(get_config("translation"))
+    assert width_choices(256, get_config("translation").width_ratios, 8) == (88, 128, 168, 216, 256)
+    assert width_choices(64, get_config("translation").width_ratios, 8) == (24, 32, 40, 56, 64)
+    assert [s.name for s in t.layers][:4] == ["stem", "down1", "down2", "layer1"] and len(t.layers) == 15
+    # the largest translation architecture is CycleGAN's ResNet-9 without conv biases
+    (_, _), (mx, gmax) = t.macs_extremes()
+    assert {c.op for c in gmax.layers[3:12]} == {"resblock"}
+    assert mx / 1e9 == pytest.approx(49.55, abs=0.01)
+    sr = SearchSpace(get_config("sr-x4"))
+    assert len(sr.layers) == 1 + 25 + 1 + 2 + 2
+    assert sr.layers[5].widths == (64,) and sr.layers[1].widths == (24, 32, 40, 56, 64)
+    assert sr.input_sizes((10, 12))[-1] == (40, 48)
+
+
+def test_block_macs_formulas_match_the_cost_model():
+    rng = random.Random(0)
+    style = Style("instance", True, "relu", "reflect", False)
+    for _ in range(20):
+        ci, co = rng.choice([8, 12, 16]), rng.choice([8, 12, 16])
+        h, w = rng.choice([9, 16]), rng.choice([7, 12])
+        for block in (ConvNormAct(ci, co, 3, style, stride=2), ConvNormAct(ci, co, 3, style, dilation=2),
+                      ConvNormAct(ci, co, 3, style, stride=2, transposed=True), ConvNormAct(ci, ci, 3, style, depthwise=True),
+                      ResBlock(ci, co, style), DwsBlock(ci, co, style, expansion=rng.choice([1, 3, 6]))):
+            cout = ci if isinstance(block, ConvNormAct) and block.depthwise else co
+            assert block.macs(ci, cout, h, w) == count_macs(block, (1, ci, h, w)), type(block)
+    assert Identity.macs(8, 8, 4, 4) == 0
+
+
+def test_slimmable_blocks_run_narrower_with_leading_channels():
+    """A block built at max widths and run at (ci, co) equals one built at (ci, co) with the leading slices."""
+    from agd.space.elastic import slice_into
+
+    torch.manual_seed(0)
+    style = Style("instance", True, "lrelu", "reflect", False)
+    for make in (lambda a, b, p=None: ResBlock(a, b, style, projection=p),
+                 lambda a, b, p=None: DwsBlock(a, b, style, expansion=3, projection=p),
+                 lambda a, b, p=None: ConvNormAct(a, b, 3, style)):
+        big = make(16, 24, True)
+        with torch.no_grad():
+            for p in big.parameters():
+                p.normal_()
+        for ci, co in [(8, 12), (12, 12), (16, 8)]:
+            small = make(ci, co)
+            slice_into(small, big)
+            x = torch.randn(2, ci, 9, 7)
+            torch.testing.assert_close(big(x, co), small(x), atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_reach_alpha_beta_and_weights():
+    sn = Supernet(SearchSpace(get_config("translation-tiny")))
+    x = torch.rand(2, 3, 17, 23)
+    for widths in ("gumbel", "expectation"):
+        for ops in ("mixture", "sample"):
+            sn.zero_grad()
+            sn.unfix(ops=ops, widths=widths, tau=1.0)
+            torch.manual_seed(3)
+            loss = sn(x).square().mean() + 1e-12 * sn.expected_macs()[0]
+            loss.backward()
+            alphas = [m.alpha for m in sn.mixed_layers if m.alpha is not None]
+            betas = [m.beta for m in sn.mixed_layers if m.beta is not None]
+            assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in alphas), (ops, widths)
+            assert all(b.grad is not None and b.grad.abs().sum() > 0 for b in betas), (ops, widths)
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in sn.weight_parameters())
+    assert {id(p) for p in sn.arch_parameters()}.isdisjoint({id(p) for p in sn.weight_parameters()})
+    n_all = sum(1 for _ in sn.parameters())
+    assert len(sn.arch_parameters()) + len(sn.weight_parameters()) == n_all
+
+
+def test_expected_macs_gradient_direction():
+    """Raising the probability of the cheapest width lowers the expected MACs."""
+    sn = Supernet(SearchSpace(get_config("translation-tiny")))
+    e0, _ = sn.expected_macs()
+    e0.backward()
+    m = sn.mixed_layers[3]  # a searchable body layer
+    assert m.beta.grad[0] < m.beta.grad[-1]  # cheaper width has the smaller gradient
+    with torch.no_grad():
+        for layer in sn.mixed_layers:
+            if layer.beta is not None:
+                layer.beta[0] = 10.0
+    assert sn.expected_macs()[0] < e0
+
+
+@pytest.mark.parametrize("mode", ["max", "min", "random", "argmax"])
+def test_sandwich_width_modes(mode):
+    sn = Supernet(SearchSpace(get_config("sr-tiny")))
+    sn.set_sampling(ops="argmax", widths=mode)
+    y = sn(torch.rand(1, 3, 7, 9))
+    assert y.shape == (1, 3, 28, 36)
+
+
+def test_genotype_json_roundtrip_and_errors(tmp_path):
+    space = SearchSpace(get_config("translation"))
+    g = space.random_genotype(random.Random(0))
+    p = g.save(tmp_path / "g.json")
+    assert Genotype.load(p) == g
+    d = json.loads(p.read_text())
+    assert d["format"] == "agd-genotype" and d["version"] == 1 and d["task"] == "translation"
+
+    def broken(edit):
+        dd = json.loads(p.read_text())
+        edit(dd)
+        q = tmp_path / "bad.json"
+        q.write_text(json.dumps(dd))
+        return q
+
+    cases = [
+        (lambda dd: dd["layers"][4].update(op="conv9x9"), r"layer layer2: operator 'conv9x9' is not one of conv1x1, conv3x3"),
+        (lambda dd: dd["layers"][4].update(width=100), r"layer layer2: width 100 is not one of 88, 128, 168, 216, 256"),
+        (lambda dd: dd["layers"].pop(), r"14 layers, the translation space has 15"),
+        (lambda dd: dd.update(version=7), r"version 7 is not supported"),
+        (lambda dd: dd["space"].update(kind="audio"), r"kind 'audio'"),
+        (lambda dd: dd["space"].update(ops=["conv3x3", "warp"]), r"unknown operator"),
+        (lambda dd: dd["layers"][3].update(width=256, op="identity") or dd["layers"][2].update(width=128),
+         r"layer layer1: identity needs equal widths, got 128 -> 256"),
+    ]
+    for edit, message in cases:
+        with pytest.raises(AgdError, match=message):
+            Genotype.load(broken(edit))
+    with pytest.raises(AgdError, match="no such file"):
+        Genotype.load(tmp_path / "none.json")
+    (tmp_path / "x.json").write_text("{")
+    with pytest.raises(AgdError, match="invalid JSON"):
+        Genotype.load(tmp_path / "x.json")
+
+
+def test_supernet_genotype_is_argmax_and_valid():
+    sn = Supernet(SearchSpace(get_config("translation")))
+    with torch.no_grad():
+        for m in sn.mixed_layers:
+            if m.alpha is not None:
+                m.alpha[m.spec.ops.index("identity")] = 5.0  # identity preferred everywhere
+            if m.beta is not None:
+                m.beta.normal_()
+    g = sn.genotype()
+    sn.space.validate(g)
+    c_in = None
+    for spec, ch in zip(sn.space.layers, g.layers):
+        if "identity" in spec.ops and ch.op != "identity":
+            assert c_in != ch.width  # identity only dropped where widths differ
+        c_in = ch.width
+
+
+def test_examples_are_valid_and_documented():
+    from pathlib import Path
+
+    readme = Path("README.md").read_text()
+    files = sorted(Path("examples").glob("*.json"))
+    assert {Genotype.load(f).task for f in files} == {"translation", "sr"}
+    for f in files:
+        assert f.name in readme
+
+
+def test_temperature_schedule():
+    s = TemperatureSchedule(5.0, 0.5, 100)
+    assert s.at(0) == 5.0 and s.at(100) == pytest.approx(0.5) and s.at(1000) == pytest.approx(0.5)
+    assert 0.5 < s.at(50) < 5.0
+    with pytest.raises(AgdError):
+        Supernet(SearchSpace(get_config("sr-tiny"))).set_sampling(widths="sometimes")
+
+
+def test_cli_space_and_arch_show(tmp_path, capsys):
+    from agd.cli import main
+
+    def run(*args):
+        try:
+            main(list(args))
+        except SystemExit as e:
+            assert e.code in (0, None), capsys.readouterr().err
+        return capsys.readouterr().out
+
+    s = json.loads(run("space", "show", "--task", "translation", "--json"))
+    space = SearchSpace(get_config("translation"))
+    (mn, _), (mx, _) = space.macs_extremes()
+    assert (s["min_macs"], s["max_macs"]) == (mn, mx) and s["architectures"] == space.num_architectures()
+    assert s["teacher_macs"] == pytest.approx(49.55e9, rel=1e-3)
+    assert "architectures" in run("space", "show", "--task", "sr")
+    out = json.loads(run("arch", "show", "examples/sr_x4_small.json", "--png", str(tmp_path / "a.png"), "--json"))
+    g = Genotype.load("examples/sr_x4_small.json")
+    assert out["total"]["macs"] == SearchSpace(g.config).genotype_macs(g)
+    assert sum(r["macs"] for r in out["layers"]) == out["total"]["macs"]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "a.png").size[0] > 400
+    assert "total" in run("arch", "show", "examples/translation_r9_small.json")
