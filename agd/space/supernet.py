@@ -227,19 +227,29 @@ class Supernet(nn.Module):
 
     # cost ---------------------------------------------------------------------------
     def expected_macs(self, hw: tuple[int, int] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Differentiable expected MACs (total, per layer) under the current operator and width
-        distributions (one-hot where fixed); each layer's input-width distribution is the previous
-        layer's output-width distribution. Invalid identity pairs cost 0 (the supernet pads)."""
+        """Differentiable expected MACs (total, per layer) at input size ``hw`` (the space's reference size
+        by default); see :meth:`expected_cost`."""
         key = tuple(hw or self.space.config.reference_size)
         if key not in self._tables:
             self._tables[key] = [t.nan_to_num(0.0) for t in self.space.macs_tables(key)]
+        return self.expected_cost(self._tables[key])
+
+    def expected_cost(self, tables: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Differentiable expected cost (total, per layer) under the current operator and width
+        distributions (one-hot where fixed), from per-layer cost tables shaped like
+        :meth:`SearchSpace.macs_tables` (operators x input-width choices x output-width choices; MACs, or
+        milliseconds from a latency table). Each layer's input-width distribution is the previous layer's
+        output-width distribution. NaN entries (identity between unequal widths) must be replaced by the
+        caller (0 for MACs: the supernet pads)."""
+        if len(tables) != len(self.mixed_layers):
+            raise AgdError(f"expected cost: {len(tables)} tables for {len(self.mixed_layers)} layers")
         dev = self.mixed_layers[0]._masks.device
         q_in = torch.ones(1, dtype=torch.float64, device=dev)
         per_layer, total = {}, torch.zeros((), dtype=torch.float64, device=dev)
-        for m, table in zip(self.mixed_layers, self._tables[key]):
+        for m, table in zip(self.mixed_layers, tables):
             p = m.op_probs().to(torch.float64)
             q = m.width_probs().to(torch.float64)
-            e = torch.einsum("k,i,j,kij->", p, q_in, q, table.to(dev))
+            e = torch.einsum("k,i,j,kij->", p, q_in, q, table.to(dev, torch.float64))
             per_layer[m.spec.name] = e
             total = total + e
             q_in = q
