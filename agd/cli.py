@@ -29,6 +29,10 @@ app.add_typer(space_app, name="space")
 arch_app = typer.Typer(help="Chosen architectures (genotype JSON files).", no_args_is_help=True)
 app.add_typer(arch_app, name="arch")
 
+# Command groups defined in their own modules (agd/commands/*.py, each exposing a typer app; keep heavy
+# imports inside the command functions so `agd --help` stays fast). One registration line per group:
+# -- registered command groups --
+
 
 def _size(size: Optional[str]) -> Optional[tuple[int, int]]:
     if size is None:
