@@ -109,9 +109,11 @@ class SearchSpace:
                 layers.append(LayerSpec(f"cell{ci + 1}.layer{li + 1}", c.ops, (c.nf,) if last else inner, search,
                                         expansion=e))
         layers.append(LayerSpec("conv_body", ("conv3x3",), (c.nf,), plain, expansion=e))
-        layers += [LayerSpec(f"conv_up{i + 1}", ("conv3x3",), (c.nf,), lrelu, expansion=e)
+        tail = inner if c.search_tail else (c.nf,)
+        layers += [LayerSpec(f"conv_up{i + 1}", ("conv3x3",), tail, lrelu, expansion=e)
                    for i in range(int(math.log2(c.scale)))]
-        layers.append(LayerSpec("conv_hr", ("conv3x3",), (c.nf,), lrelu, expansion=e))
+        layers.append(LayerSpec("conv_hr", ("conv3x3", "identity") if c.search_tail else ("conv3x3",), tail, lrelu,
+                                expansion=e))
         layers.append(LayerSpec("conv_last", ("conv3x3",), (c.out_ch,), plain, expansion=e))
         return layers
 

@@ -1,0 +1,101 @@
+"""The search pipeline's commands: search, train, eval, compress (the main job), baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+TEACHER_HELP = "A named teacher (agd teachers list), a checkpoint, module:factory or a .pt2 file."
+IMAGES_HELP = "Folder of training images (default: the built-in sample images)."
+
+
+def search_cmd(
+    teacher: str = typer.Option("realesrgan-x4plus", help=TEACHER_HELP),
+    images: Optional[Path] = typer.Option(None, help=IMAGES_HELP),
+    out: Path = typer.Option(Path("runs/search"), help="Run folder."),
+    preset: str = typer.Option("tiny", help="Search preset: tiny, small, paper."),
+    macs: Optional[str] = typer.Option(None, help="MACs budget at the space's reference input, e.g. 12G."),
+    ratio: Optional[float] = typer.Option(None, help="Budget as a fraction of the teacher's MACs, e.g. 0.1."),
+    device: str = typer.Option("cpu", help="torch device."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+    vgg_weights: Optional[Path] = typer.Option(None, help="torchvision VGG16/VGG19 state dict for perceptual losses."),
+    steps: Optional[int] = typer.Option(None, help="Override the preset's search steps."),
+    pretrain_steps: Optional[int] = typer.Option(None, help="Override the preset's pretraining steps."),
+    seed: Optional[int] = typer.Option(None, help="Override the preset's seed."),
+    space: Optional[str] = typer.Option(None, help="Space preset (default: the teacher's task: translation, sr-x4)."),
+    batch: Optional[int] = typer.Option(None, help="Override the preset's global batch size."),
+) -> None:
+    """Search an architecture within a budget by distillation from the teacher (torchrun: data parallel)."""
+    from agd.commands.pipeline import init_distributed
+    from agd.commands.search import SearchJob, run_search_job
+
+    init_distributed(device)
+    overrides = {"search_steps": steps, "pretrain_steps": pretrain_steps, "seed": seed, "space": space, "batch": batch}
+    run_search_job(SearchJob(teacher=teacher, images=images, out=out, preset=preset, macs=macs, ratio=ratio,
+                             device=device, resume=resume, vgg_weights=vgg_weights,
+                             overrides={k: v for k, v in overrides.items() if v is not None}))
+
+
+def train_cmd(
+    genotype: Path = typer.Argument(..., help="Genotype JSON (from agd search, or examples/)."),
+    teacher: str = typer.Option("realesrgan-x4plus", help=TEACHER_HELP),
+    images: Optional[Path] = typer.Option(None, help=IMAGES_HELP),
+    out: Path = typer.Option(Path("runs/train"), help="Run folder."),
+    preset: str = typer.Option("tiny", help="Training preset: tiny, small, paper."),
+    inherit: Optional[Path] = typer.Option(None, help="supernet.safetensors of the search to inherit weights from."),
+    device: str = typer.Option("cpu", help="torch device."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+    vgg_weights: Optional[Path] = typer.Option(None, help="torchvision VGG16/VGG19 state dict for perceptual losses."),
+    steps: Optional[int] = typer.Option(None, help="Override the preset's steps."),
+) -> None:
+    """Train the derived student by distillation (EMA weights saved as student.safetensors)."""
+    from agd.commands.pipeline import run_train_job
+
+    run_train_job(genotype, teacher_spec=teacher, images=images, out=out, preset=preset, device=device, resume=resume,
+                  inherit=inherit, vgg_weights=vgg_weights, overrides={"steps": steps})
+
+
+def eval_cmd(
+    genotype: Path = typer.Argument(..., help="Genotype JSON."),
+    weights: Optional[Path] = typer.Option(None, help="Student weights (student.safetensors); default: random init."),
+    teacher: str = typer.Option("realesrgan-x4plus", help=TEACHER_HELP),
+    images: Optional[Path] = typer.Option(None, help="Folder of evaluation images (SR: the HR images)."),
+    out: Path = typer.Option(Path("runs/eval"), help="Output folder (eval.json, eval.md, images/)."),
+    max_side: Optional[int] = typer.Option(None, help="Downscale images so the longest side is at most this."),
+    inception: Optional[Path] = typer.Option(None, help="pt_inception-2015-12-05-6726825d.pth for FID."),
+    device: str = typer.Option("cpu", help="torch device."),
+) -> None:
+    """PSNR/SSIM to the ground truth (SR) and to the teacher, FID, MACs, params, latency, side-by-side images."""
+    from agd.commands.pipeline import run_eval_job
+
+    run_eval_job(genotype, weights, teacher_spec=teacher, images=images, out=out, device=device, max_side=max_side,
+                 inception=inception)
+
+
+def compress_cmd(
+    teacher: str = typer.Option("realesrgan-x4plus", help=TEACHER_HELP),
+    images: Optional[Path] = typer.Option(None, help=IMAGES_HELP),
+    out: Path = typer.Option(Path("runs/compress"), help="Run folder (search/, train/, eval/, summary.md)."),
+    preset: str = typer.Option("tiny", help="Preset for search and training: tiny, small, paper."),
+    macs: Optional[str] = typer.Option(None, help="MACs budget, e.g. 12G."),
+    ratio: Optional[float] = typer.Option(None, help="Budget as a fraction of the teacher's MACs (default 0.1)."),
+    device: str = typer.Option("cpu", help="torch device."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted compress run in --out."),
+    vgg_weights: Optional[Path] = typer.Option(None, help="torchvision VGG16/VGG19 state dict for perceptual losses."),
+    space: Optional[str] = typer.Option(None, help="Space preset (default: the teacher's task)."),
+    search_steps: Optional[int] = typer.Option(None, help="Override the preset's search steps."),
+    pretrain_steps: Optional[int] = typer.Option(None, help="Override the preset's pretraining steps."),
+    train_steps: Optional[int] = typer.Option(None, help="Override the preset's training steps."),
+) -> None:
+    """The main job: search → derive → train → eval, with a summary table (teacher vs student)."""
+    from agd.commands.pipeline import run_compress_job
+
+    if macs is None and ratio is None:
+        ratio = 0.1
+    search_over = {"space": space, "search_steps": search_steps, "pretrain_steps": pretrain_steps}
+    run_compress_job(teacher_spec=teacher, images=images, out=out, preset=preset, macs=macs, ratio=ratio,
+                     device=device, resume=resume, vgg_weights=vgg_weights,
+                     search_overrides={k: v for k, v in search_over.items() if v is not None},
+                     train_overrides={"steps": train_steps} if train_steps else None)

@@ -1,0 +1,158 @@
+"""``agd train``, ``agd eval``, ``agd compress`` (the main job) and ``agd baseline``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agd.io import AgdError, atomic_write_json, atomic_write_text
+
+
+def _teacher_and_items(teacher_spec: str, images: Path | None, max_side: int | None, device, cache_root: Path):
+    from agd.search import data as D
+    from agd.teachers import load_teacher
+
+    teacher = load_teacher(teacher_spec, device=torch.device(device))
+    items = D.prepare(D.load_images(images), teacher, cache_dir=cache_root / ".teacher-cache", max_side=max_side,
+                      device=device)
+    return teacher, items
+
+
+def _check_pair(genotype, teacher) -> None:
+    if genotype.task != teacher.info.task or genotype.scale != teacher.info.scale:
+        raise AgdError(f"genotype is a {genotype.task} x{genotype.scale} network, the teacher {teacher.info.name} "
+                       f"does {teacher.info.task} x{teacher.info.scale}")
+
+
+def run_train_job(genotype_path: Path, *, teacher_spec: str, images: Path | None, out: Path, preset: str = "tiny",
+                  device: str = "cpu", resume: bool = False, inherit: Path | None = None,
+                  vgg_weights: Path | None = None, quiet: bool = False, overrides: dict | None = None):
+    from rich.console import Console
+
+    from agd.commands.search import _progress_bar, make_loss
+    from agd.runs import RunDir
+    from agd.space import Genotype, Supernet
+    from agd.student import Student
+    from agd.train import Trainer, get_train_config
+
+    g = Genotype.load(genotype_path)
+    cfg = get_train_config(preset, **(overrides or {}))
+    run = RunDir.open(out, resume=resume)
+    teacher, items = _teacher_and_items(teacher_spec, images, cfg.max_side, device, out.parent)
+    _check_pair(g, teacher)
+    net = None
+    if inherit is not None:
+        from safetensors.torch import load_file
+
+        from agd.space import derive
+
+        sn = Supernet(g.config)
+        sn.load_state_dict(load_file(str(inherit)))
+        net = derive(g, sn)
+    torch.manual_seed(cfg.seed)
+    student = Student(g, net)
+    loss = make_loss(cfg.loss, teacher, vgg_weights, device, phase="train")
+    if not resume:
+        run.write_config({"command": "train", "genotype": g.to_dict(), "teacher": teacher.identity,
+                          "images": str(images) if images else "built-in samples", "inherit": str(inherit) if inherit else None,
+                          "train": cfg.to_dict(), "loss": loss.describe()})
+    trainer = Trainer(cfg, student, items, loss, run, device=device)
+    console = Console(quiet=quiet)
+    with _progress_bar(console, quiet, "train", cfg.steps) as on_step:
+        trainer.progress = on_step
+        trainer.run_loop(resume=resume)
+    trainer.save()
+    console.print(f"student {run.path / 'student.safetensors'}", highlight=False)
+    return run
+
+
+def run_eval_job(genotype_path: Path, weights: Path | None, *, teacher_spec: str, images: Path | None, out: Path,
+                 device: str = "cpu", max_side: int | None = None, inception: Path | None = None, quiet: bool = False):
+    from rich.console import Console
+
+    from agd.evaluate import evaluate_student, format_eval
+    from agd.student import load_student
+
+    student = load_student(genotype_path, weights, device=device)
+    teacher, items = _teacher_and_items(teacher_spec, images, max_side, device, out.parent)
+    _check_pair(student.genotype, teacher)
+    result = evaluate_student(student, teacher, items, out, device=device, inception=inception)
+    Console(quiet=quiet).print(format_eval(result), highlight=False, markup=False)
+    return result
+
+
+def run_compress_job(*, teacher_spec: str, images: Path | None, out: Path, preset: str, macs: str | None,
+                     ratio: float | None, device: str, resume: bool = False, vgg_weights: Path | None = None,
+                     quiet: bool = False, search_overrides: dict | None = None,
+                     train_overrides: dict | None = None) -> dict[str, Any]:
+    """search → derive → train → eval, each in its own sub-folder of ``out``, then a summary table."""
+    from rich.console import Console
+
+    from agd.commands.search import SearchJob, run_search_job
+    from agd.cost import count
+    from agd.evaluate import latency_ms
+    from agd.teachers import load_teacher
+
+    console = Console(quiet=quiet)
+    out = Path(out)
+    search_dir, train_dir, eval_dir = out / "search", out / "train", out / "eval"
+    console.rule("1/3 search")
+    if not (resume and (search_dir / "genotype.json").is_file()):
+        run_search_job(SearchJob(teacher=teacher_spec, images=images, out=search_dir, preset=preset, macs=macs,
+                                 ratio=ratio, device=device, resume=resume and (search_dir / "checkpoint.pt").is_file(),
+                                 vgg_weights=vgg_weights, quiet=quiet, overrides=search_overrides))
+    console.rule("2/3 train")
+    if not (resume and (train_dir / "student.safetensors").is_file()):
+        run_train_job(search_dir / "genotype.json", teacher_spec=teacher_spec, images=images, out=train_dir, preset=preset,
+                      device=device, resume=resume and (train_dir / "checkpoint.pt").is_file(),
+                      inherit=search_dir / "supernet.safetensors", vgg_weights=vgg_weights, quiet=quiet,
+                      overrides=train_overrides)
+    console.rule("3/3 eval")
+    result = run_eval_job(train_dir / "genotype.json", train_dir / "student.safetensors", teacher_spec=teacher_spec,
+                          images=images, out=eval_dir, device=device, quiet=True,
+                          max_side=_search_max_side(search_dir))
+    teacher = load_teacher(teacher_spec, device=torch.device(device))
+    shape = tuple(result["input"])
+    t_cost = count(teacher.module, shape)
+    t_lat = latency_ms(teacher, shape, torch.device(device), warmup=0, repeats=3, max_seconds=5.0)
+    summary = {"teacher": {"name": teacher.info.name, "macs": t_cost.macs, "params": t_cost.params, "latency_ms": t_lat},
+               "student": {"macs": result["macs"], "params": result["params"], "latency_ms": result["latency_ms"],
+                           **result["mean"]},
+               "input": list(shape), "device": device}
+    atomic_write_json(out / "summary.json", summary)
+    text = format_compress(summary)
+    atomic_write_text(out / "summary.md", text)
+    console.print(text, highlight=False, markup=False)
+    return summary
+
+
+def _search_max_side(search_dir: Path) -> int | None:
+    import yaml
+
+    cfg = yaml.safe_load((search_dir / "config.yaml").read_text())
+    return cfg["search"]["max_side"]
+
+
+def format_compress(s: dict[str, Any]) -> str:
+    t, st = s["teacher"], s["student"]
+    shape = "x".join(map(str, s["input"]))
+    lines = [f"# agd compress: {t['name']} → student ({s['device']}, input {shape})", "",
+             "| | GMACs | params (M) | latency (ms) | PSNR to teacher | PSNR to ground truth |", "|---|---|---|---|---|---|",
+             f"| teacher | {t['macs'] / 1e9:.2f} | {t['params'] / 1e6:.3f} | {t['latency_ms']:.1f} | - | "
+             f"{st.get('teacher_psnr', float('nan')):.2f} |",
+             f"| student | {st['macs'] / 1e9:.2f} | {st['params'] / 1e6:.3f} | {st['latency_ms']:.1f} | "
+             f"{st['psnr_to_teacher']:.2f} | {st.get('psnr', float('nan')):.2f} |",
+             "", f"student / teacher: {st['macs'] / t['macs']:.3f} of the MACs, {t['latency_ms'] / st['latency_ms']:.1f}x "
+                 "faster in PyTorch on this device"]
+    return "\n".join(lines) + "\n"
+
+
+def init_distributed(device: str) -> None:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")

@@ -1,0 +1,128 @@
+"""``agd search``: from a teacher and images to a genotype within a budget, in a run folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agd.io import AgdError
+
+
+@dataclass
+class SearchJob:
+    teacher: str = "realesrgan-x4plus"
+    images: Path | None = None  # None: the built-in samples
+    out: Path = Path("runs/search")
+    preset: str = "tiny"
+    macs: str | None = None
+    ratio: float | None = None
+    device: str = "cpu"
+    resume: bool = False
+    vgg_weights: Path | None = None
+    overrides: dict[str, Any] | None = None
+    quiet: bool = False
+
+
+LOSS_FOR = {
+    # (search/train loss setting, task, phase) -> agd.distill preset
+    ("tiny", "sr", "search"): "tiny-sr", ("tiny", "sr", "train"): "tiny-sr",
+    ("tiny", "translation", "search"): "tiny-translation", ("tiny", "translation", "train"): "tiny-translation",
+    ("paper", "sr", "search"): "paper-sr", ("paper", "sr", "train"): "paper-sr",
+    ("paper", "translation", "search"): "paper-translation-search",
+    ("paper", "translation", "train"): "paper-translation-train",
+}
+
+
+def make_loss(setting: str, teacher, vgg_weights: Path | None, device, phase: str = "search"):
+    """The distillation loss of a preset's loss setting (``tiny``, ``paper``) for the teacher's task.
+    Without VGG weights the paper presets fall back to the teacher's own early layers (recorded)."""
+    from agd.distill import DistillLoss
+
+    key = (setting, teacher.info.task, phase)
+    if key not in LOSS_FOR:
+        raise AgdError(f"loss setting {setting!r}: unknown (tiny or paper)")
+    return DistillLoss(LOSS_FOR[key], teacher=teacher, vgg_weights=vgg_weights, device=device)
+
+
+def run_search_job(job: SearchJob):
+    from agd.cost import count_macs
+    from agd.runs import RunDir
+    from agd.search import Search, get_search_config, macs_budget, write_results
+    from agd.search import data as D
+    from agd.space import SearchSpace, get_config
+    from agd.teachers import load_teacher
+
+    cfg = get_search_config(job.preset, **(job.overrides or {}))
+    run = RunDir.open(job.out, resume=job.resume)
+    if job.resume:
+        saved = run.read_config()
+        cfg = type(cfg).from_dict(saved["search"])
+        job.macs, job.ratio = saved["budget"]["macs"], None
+    device = torch.device(job.device)
+    teacher = load_teacher(job.teacher, device=device)
+    space_name = cfg.space or {"translation": "translation", "sr": f"sr-x{teacher.info.scale}"}[teacher.info.task]
+    space = SearchSpace(get_config(space_name))
+    teacher_macs = None
+    if job.ratio is not None:
+        teacher_macs = count_macs(teacher.module, (1, space.config.in_ch, *space.config.reference_size))
+    budget = macs_budget(space, macs=job.macs, ratio=job.ratio, teacher_macs=teacher_macs)
+    images = D.load_images(job.images)
+    console = _console(job.quiet)
+    console.print(f"teacher {teacher.info.name}: preparing {len(images)} images (teacher outputs are cached)", highlight=False)
+    items = D.prepare(images, teacher, cache_dir=job.out.parent / ".teacher-cache", max_side=cfg.max_side,
+                      device=device)
+    loss = make_loss(cfg.loss, teacher, job.vgg_weights, device)
+    if not job.resume:
+        run.write_config({"command": "search", "teacher": {"spec": job.teacher, "identity": teacher.identity},
+                          "images": str(job.images) if job.images else "built-in samples",
+                          "budget": {"kind": budget.kind, "value": budget.value, "macs": budget.value},
+                          "space": space_name, "search": cfg.to_dict(), "loss": loss.describe()})
+    search = Search(cfg, teacher, items, budget, loss, run, device=device, progress=None)
+    result = _with_progress(search, job, console)
+    if search.rank == 0:
+        write_results(run, search, result)
+        console.print(f"genotype {run.path / 'genotype.json'}: {result.cost / 1e9:.3f} GMACs "
+                      f"({result.cost / budget.value:.3f} x budget), held-out loss {result.heldout_loss:.5f}",
+                      highlight=False)
+    return run, search, result
+
+
+def _console(quiet: bool):
+    from rich.console import Console
+
+    return Console(quiet=quiet)
+
+
+import contextlib
+
+
+@contextlib.contextmanager
+def _progress_bar(console, quiet: bool, title: str, total: int, expected_unit: float = 1e9):
+    """A progress bar with ETA; yields the per-step callback (``rec`` dicts with ``step`` and losses)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*cols, console=console, disable=quiet) as progress:
+        task = progress.add_task(title, total=total)
+
+        def on_step(rec: dict) -> None:
+            if "event" in rec:
+                progress.console.print(f"warning: {rec['event']}", highlight=False)
+                return
+            loss = rec.get("loss_w", rec.get("loss", float("nan")))
+            desc = f"{rec.get('phase', title)} loss {loss:.4f}"
+            if "expected" in rec:
+                desc += f" E[cost] {rec['expected'] / expected_unit:.2f}G λ {rec['lam']:.2f}"
+            progress.update(task, completed=rec["step"] + 1, description=desc)
+
+        yield on_step
+
+
+def _with_progress(search, job: SearchJob, console):
+    with _progress_bar(console, job.quiet or search.rank != 0, "search", search.cfg.total_steps) as on_step:
+        search.progress = on_step
+        return search.run_loop(resume=job.resume)

@@ -1,0 +1,112 @@
+"""Evaluating a student (``agd eval``): quality against the ground truth (SR) and against the teacher's
+outputs (both tasks), FID when Inception weights are given, cost, PyTorch latency on the current
+device, and side-by-side images (input, teacher, student)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agd.io import atomic_write_json, atomic_write_text
+
+
+def latency_ms(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, *, warmup: int = 1,
+               repeats: int = 7, max_seconds: float = 10.0) -> float:
+    """Median wall time of one forward pass (inference mode, synchronised on CUDA): ``warmup`` untimed
+    passes, then up to ``repeats`` timed ones, stopping early once ``max_seconds`` have been spent (at
+    least one timed pass), so a slow model on a slow device does not stall the command."""
+    x = torch.rand(shape, device=device)
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - t0) * 1e3
+
+    times: list[float] = []
+    with torch.inference_mode():
+        spent = sum(once() for _ in range(warmup)) / 1e3
+        while len(times) < repeats and (not times or spent < max_seconds):
+            times.append(once())
+            spent += times[-1] / 1e3
+    return statistics.median(times)
+
+
+def _side_by_side(inp: torch.Tensor, teacher: torch.Tensor, student: torch.Tensor, gt: torch.Tensor | None) -> torch.Tensor:
+    h, w = teacher.shape[-2:]
+    up = torch.nn.functional.interpolate(inp[None], size=(h, w), mode="nearest")[0]
+    panels = [up, teacher, student] + ([gt] if gt is not None else [])
+    sep = torch.ones(3, h, 4)
+    out = []
+    for p in panels:
+        out += [p.clamp(0, 1), sep]
+    return torch.cat(out[:-1], dim=2)
+
+
+def evaluate_student(student, teacher, items, out_dir: Path, *, device, inception: str | Path | None = None,
+                     latency_input: tuple[int, int] | None = None, write_images: bool = True) -> dict[str, Any]:
+    from agd.cost import count
+    from agd.data.images import write_image
+    from agd.metrics import psnr, ssim
+
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    student = student.to(device).eval()
+    task, scale = student.task, student.scale
+    crop = scale if task == "sr" else 0
+    y = task == "sr"  # Y channel for SR (the literature's convention), RGB for translation
+    rows, s_outs, t_outs = [], [], []
+    for d in items:
+        with torch.inference_mode():
+            s = student(d.inp[None].to(device))[0].float().cpu().clamp(0, 1)
+        row = {"image": d.name, "psnr_to_teacher": psnr(s, d.target, crop=crop, y_channel=y),
+               "ssim_to_teacher": ssim(s, d.target, crop=crop, y_channel=y)}
+        if d.gt is not None:
+            row |= {"psnr": psnr(s, d.gt, crop=crop), "ssim": ssim(s, d.gt, crop=crop),
+                    "teacher_psnr": psnr(d.target, d.gt, crop=crop), "teacher_ssim": ssim(d.target, d.gt, crop=crop)}
+        rows.append(row)
+        s_outs.append(s)
+        t_outs.append(d.target)
+        if write_images:
+            write_image(out_dir / "images" / f"{d.name}.png", _side_by_side(d.inp, d.target, s, d.gt))
+    keys = [k for k in rows[0] if k != "image"]
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+    ref = latency_input or student.genotype.config.reference_size
+    in_shape = (1, student.genotype.config.in_ch, *ref)
+    cost = count(student.net, in_shape)
+    result = {"task": task, "scale": scale, "device": str(device), "images": rows, "mean": mean,
+              "macs": cost.macs, "params": cost.params, "input": list(in_shape),
+              "latency_ms": latency_ms(student, in_shape, device)}
+    if inception is not None:
+        from agd.metrics import compute_fid, load_inception
+
+        model = load_inception(inception, device=device)
+        result["fid_to_teacher"] = compute_fid(s_outs, t_outs, model, device=device)
+        if items[0].gt is not None:
+            result["fid"] = compute_fid(s_outs, [d.gt for d in items], model, device=device)
+    atomic_write_json(out_dir / "eval.json", result)
+    atomic_write_text(out_dir / "eval.md", format_eval(result))
+    return result
+
+
+def format_eval(r: dict[str, Any]) -> str:
+    lines = [f"# agd eval ({r['task']}{' x' + str(r['scale']) if r['task'] == 'sr' else ''}, {r['device']})", "",
+             f"- cost: {r['macs'] / 1e9:.3f} GMACs, {r['params'] / 1e6:.3f} M params at {'x'.join(map(str, r['input']))}",
+             f"- PyTorch latency: {r['latency_ms']:.2f} ms (median) at that input"]
+    for k in ("fid_to_teacher", "fid"):
+        if k in r:
+            lines.append(f"- {k}: {r[k]:.3f}")
+    keys = [k for k in r["images"][0] if k != "image"]
+    lines += ["", "| image | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for row in r["images"] + [{"image": "**mean**", **r["mean"]}]:
+        lines.append(f"| {row['image']} | " + " | ".join(f"{row[k]:.4f}" for k in keys) + " |")
+    lines.append("\nPSNR/SSIM: " + ("Y channel, scale-pixel border, 8-bit" if r["task"] == "sr" else "RGB, 8-bit")
+                 + "; images/ holds input | teacher | student" + (" | ground truth" if r["task"] == "sr" else ""))
+    return "\n".join(lines) + "\n"

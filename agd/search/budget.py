@@ -1,0 +1,180 @@
+"""The resource budget: parsing, the dual-ascent controller that steers the search to it, and the
+budget-constrained derivation of the final architecture.
+
+Controller (replaces AutoGAN-Distiller's hand-tuned λ schedule): the architecture loss gets the term
+``λ · log(E / B)`` (E: the supernet's differentiable expected cost, B: the budget), and after every
+architecture step the multiplier follows dual ascent on the constraint ``log(E / B) <= 0``:
+``λ ← clip(λ + η · log(E / B), 0, λ_max)``. Over budget λ grows until the cost gradient wins; under budget
+it shrinks back to 0 and the distillation loss is free to buy quality. Working on log(E/B) makes η
+independent of the cost's unit and magnitude (MACs or milliseconds, 1 G or 1 T).
+
+Derivation: the plain argmax of the operator and width distributions can land anywhere near the budget;
+:func:`derive_within_budget` returns the most probable architecture (maximum sum of log-probabilities of
+its choices) whose cost lies within ``±tol`` of the budget, by dynamic programming over the width chain
+and a fine grid of cost.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from agd.io import AgdError
+from agd.space import Genotype, LayerChoice, SearchSpace, op_valid
+
+_UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def parse_macs(text: str) -> float:
+    """'12G', '1.5e9', '800M', '0.3T' → MACs."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([kKmMgGtT]?)(?:MACs?)?\s*", str(text))
+    if not m:
+        raise AgdError(f"--macs {text!r}: expected a number with an optional unit, e.g. 12G, 800M, 1.5e9")
+    return float(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def parse_ms(text: str) -> float:
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s)?\s*", str(text))
+    if not m:
+        raise AgdError(f"--latency {text!r}: expected milliseconds, e.g. 15ms")
+    return float(m.group(1)) * (1000.0 if m.group(2) == "s" else 1.0)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A cost budget for the search: ``kind`` "macs" (at the space's reference input) or "latency" (ms)."""
+
+    kind: str
+    value: float
+    unit: str = "MACs"
+    overhead: float = 0.0  # per-network constant (latency tables)
+
+    def describe(self) -> str:
+        return f"{self.value / 1e9:.3f} GMACs" if self.kind == "macs" else f"{self.value:.3f} ms"
+
+
+def macs_budget(space: SearchSpace, *, macs: str | float | None = None, ratio: float | None = None,
+                teacher_macs: float | None = None) -> Budget:
+    """A MACs budget from ``macs`` or ``ratio`` x the teacher's MACs; checked against the space's range."""
+    if (macs is None) == (ratio is None):
+        raise AgdError("budget: give exactly one of --macs and --ratio")
+    if ratio is not None:
+        if not 0 < ratio <= 1:
+            raise AgdError(f"--ratio {ratio}: must be in (0, 1]")
+        if teacher_macs is None:
+            raise AgdError("--ratio needs the teacher's MACs")
+        value = ratio * teacher_macs
+    else:
+        value = parse_macs(macs) if isinstance(macs, str) else float(macs)
+    (mn, _), (mx, _) = space.macs_extremes()
+    hw = "x".join(map(str, space.config.reference_size))
+    if value < mn:
+        raise AgdError(f"budget {value / 1e9:.3f} GMACs is below the smallest network of the {space.kind} space "
+                       f"({mn / 1e9:.3f} GMACs at {hw})")
+    if value > mx:
+        raise AgdError(f"budget {value / 1e9:.3f} GMACs is above the largest network of the {space.kind} space "
+                       f"({mx / 1e9:.3f} GMACs at {hw}); no search is needed")
+    return Budget("macs", value)
+
+
+@dataclass
+class DualController:
+    """Dual ascent on λ for the constraint log(E / B) <= 0 (see the module docstring)."""
+
+    budget: float
+    step: float = 0.05
+    lam: float = 0.0
+    lam_max: float = 100.0
+
+    def penalty(self, expected: torch.Tensor) -> torch.Tensor:
+        return self.lam * torch.log(expected / self.budget)
+
+    def update(self, expected: float) -> float:
+        self.lam = float(min(max(self.lam + self.step * math.log(expected / self.budget), 0.0), self.lam_max))
+        return self.lam
+
+    def state_dict(self) -> dict:
+        return {"budget": self.budget, "step": self.step, "lam": self.lam, "lam_max": self.lam_max}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.budget, self.step, self.lam, self.lam_max = d["budget"], d["step"], d["lam"], d["lam_max"]
+
+
+def derive_within_budget(space: SearchSpace, op_probs: list[torch.Tensor], width_probs: list[torch.Tensor],
+                         tables: list[torch.Tensor], budget: float, *, tol: float = 0.05, overhead: float = 0.0,
+                         buckets: int = 4000) -> Genotype:
+    """The most probable architecture whose cost (sum of table entries + ``overhead``) lies in
+    ``[budget (1 - tol), budget (1 + tol)]``; AgdError when the space has none."""
+    n = len(space.layers)
+    hi = budget * (1 + tol) - overhead
+    lo = budget * (1 - tol) - overhead
+    if hi <= 0:
+        raise AgdError(f"budget {budget}: below the fixed overhead {overhead}")
+    unit = hi / buckets
+    # keep the rounding error (<= half a unit per layer) inside the band
+    lo_b = math.ceil((lo + 0.5 * unit * n) / unit)
+    hi_b = math.floor((hi - 0.5 * unit * n) / unit)
+    neg = -np.inf
+    dp = {space.config.in_ch: np.full(buckets + 1, neg)}
+    dp[space.config.in_ch][0] = 0.0
+    back: list[dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
+    for li, spec in enumerate(space.layers):
+        ins = space.in_choices(li)
+        t = tables[li].numpy()
+        lp_op = np.log(op_probs[li].detach().double().clamp_min(1e-30).cpu().numpy())
+        lp_w = np.log(width_probs[li].detach().double().clamp_min(1e-30).cpu().numpy())
+        new, layer_back = {}, {}
+        for b_idx, co in enumerate(spec.widths):
+            best = np.full(buckets + 1, neg)
+            arg_in = np.zeros(buckets + 1, dtype=np.int64)
+            arg_op = np.zeros(buckets + 1, dtype=np.int64)
+            for a, ci in enumerate(ins):
+                if ci not in dp:
+                    continue
+                prev = dp[ci]
+                for k in range(len(spec.ops)):
+                    c = t[k, a, b_idx]
+                    if math.isnan(c) or not op_valid(spec.ops[k], spec, ci, co):
+                        continue
+                    shift = int(round(c / unit))
+                    if shift > buckets:
+                        continue
+                    cand = np.full(buckets + 1, neg)
+                    cand[shift:] = prev[: buckets + 1 - shift] + lp_op[k] + lp_w[b_idx]
+                    better = cand > best
+                    best[better] = cand[better]
+                    arg_in[better] = a
+                    arg_op[better] = k
+            if np.isfinite(best).any():
+                new[co] = best
+                layer_back[co] = (arg_in, arg_op)
+        dp = new
+        back.append(layer_back)
+    # best end state within the band
+    choice, score = None, neg
+    for co, arr in dp.items():
+        if lo_b > hi_b:
+            break
+        seg = arr[max(lo_b, 0): hi_b + 1]
+        if seg.size and np.max(seg) > score:
+            score, choice = float(np.max(seg)), (co, max(lo_b, 0) + int(np.argmax(seg)))
+    if choice is None:
+        raise AgdError(f"budget: no architecture of the {space.kind} space costs within ±{tol:.0%} of {budget:.4g}")
+    co, bucket = choice
+    layers: list[LayerChoice] = []
+    for li in range(n - 1, -1, -1):
+        spec = space.layers[li]
+        arg_in, arg_op = back[li][co]
+        a, k = int(arg_in[bucket]), int(arg_op[bucket])
+        ins = space.in_choices(li)
+        layers.append(LayerChoice(spec.name, spec.ops[k], co))
+        c = tables[li][k, a, spec.widths.index(co)].item()
+        bucket -= int(round(c / unit))
+        co = ins[a]
+    g = Genotype(space.config, layers[::-1])
+    space.validate(g)
+    return g

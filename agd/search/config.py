@@ -1,0 +1,74 @@
+"""Search configurations with named presets.
+
+``tiny`` is for CI and a first look (a couple of minutes on 2 CPU cores); ``small`` is a real but short
+search (the baseline comparisons); ``paper`` follows AutoGAN-Distiller's recipe in spirit (long weight
+pretraining with the sandwich rule, then alternating first-order architecture/weight steps, Adam on the
+architecture with β = (0.5, 0.999) and weight decay 1e-3, Gumbel temperature annealed from 5 to 0.5);
+its step counts are sized for a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from agd.io import AgdError
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: str | None = None  # a space preset; None: the teacher's task default (translation, sr-x4)
+    loss: str = "tiny"  # a distillation loss preset (agd.distill)
+    patch: int = 16  # training crop, in input pixels
+    batch: int = 2
+    pretrain_steps: int = 6  # weights only, uniform α, sandwich widths (max, min, random)
+    search_steps: int = 12  # alternating architecture / weight steps
+    weight_lr: float = 2e-4
+    arch_lr: float = 3e-3
+    arch_weight_decay: float = 1e-3
+    tau_start: float = 5.0
+    tau_end: float = 0.5
+    dual_step: float = 0.05
+    eval_every: int = 6  # derive + held-out loss every so many search steps (and at the end)
+    checkpoint_every: int = 3
+    tolerance: float = 0.05  # derived cost within ±tolerance of the budget
+    max_side: int | None = 96  # images are downscaled so their longest side (HR for SR) is at most this
+    grad_clip: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in ("patch", "batch", "eval_every", "checkpoint_every"):
+            if getattr(self, f) < 1:
+                raise AgdError(f"search config: {f} must be >= 1")
+        if self.pretrain_steps < 0 or self.search_steps < 1:
+            raise AgdError("search config: pretrain_steps must be >= 0 and search_steps >= 1")
+
+    @property
+    def total_steps(self) -> int:
+        return self.pretrain_steps + self.search_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise AgdError(f"search config: unknown field(s) {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+SEARCH_PRESETS: dict[str, SearchConfig] = {
+    "tiny": SearchConfig(),
+    "small": SearchConfig(loss="paper", patch=32, batch=8, pretrain_steps=300, search_steps=600, eval_every=100,
+                          checkpoint_every=50, max_side=256, arch_lr=1e-3),
+    "paper": SearchConfig(loss="paper", patch=64, batch=16, pretrain_steps=20000, search_steps=40000,
+                          eval_every=2000, checkpoint_every=500, max_side=None, arch_lr=3e-4),
+}
+
+
+def get_search_config(name: str, **overrides: Any) -> SearchConfig:
+    if name not in SEARCH_PRESETS:
+        raise AgdError(f"search preset {name!r}: unknown (presets: {', '.join(SEARCH_PRESETS)})")
+    return replace(SEARCH_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

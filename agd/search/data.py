@@ -1,0 +1,138 @@
+"""Distillation data: input images, the teacher's outputs on whole images (cached on disk), and seeded
+batches of aligned random crops.
+
+The teacher runs once per whole training image (tiled where it can be, no grad, eval mode), and its
+output is kept in the :class:`~agd.data.TeacherCache`; training crops are cut from the cached output, so
+after the first run the teacher costs nothing. For super-resolution the input is the MATLAB-bicubic
+downscale of the image (the standard degradation) and the image itself is the ground truth; for
+translation the input is the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from agd.data import TeacherCache, bicubic_degrade, image_hash, imresize, list_images, read_image, sample_images
+from agd.io import AgdError
+
+
+@dataclass
+class DistillImage:
+    name: str
+    inp: torch.Tensor  # (3, h, w) in [0, 1]
+    target: torch.Tensor  # the teacher's output (3, h*s, w*s) in [0, 1]
+    gt: torch.Tensor | None  # SR ground truth (3, h*s, w*s), else None
+
+
+def load_images(source: str | Path | None) -> list[tuple[str, torch.Tensor]]:
+    """(name, image) from a folder, or the built-in samples when ``source`` is None."""
+    if source is None:
+        return sample_images()
+    return [(p.stem, read_image(p)) for p in list_images(source)]
+
+
+def fit(img: torch.Tensor, max_side: int | None, multiple: int) -> torch.Tensor:
+    """Downscale (antialiased bicubic) so the longest side is at most ``max_side``; crop to a multiple."""
+    _, h, w = img.shape
+    if max_side and max(h, w) > max_side:
+        s = max_side / max(h, w)
+        img = imresize(img, size=(max(multiple, round(h * s)), max(multiple, round(w * s)))).clamp(0, 1)
+        _, h, w = img.shape
+    h2, w2 = h - h % multiple, w - w % multiple
+    if h2 == 0 or w2 == 0:
+        raise AgdError(f"image of {h}x{w} pixels is smaller than {multiple} pixels on a side")
+    return img[:, :h2, :w2].contiguous()
+
+
+def prepare(images: list[tuple[str, torch.Tensor]], teacher, *, cache_dir: Path, max_side: int | None, device,
+            tile: int = 256, on_image: Callable[[str], None] | None = None) -> list[DistillImage]:
+    """Inputs and cached teacher outputs for every image."""
+    from agd.teachers import tiled_forward
+
+    task, scale = teacher.info.task, teacher.info.scale
+    cache = TeacherCache(cache_dir, teacher.identity)
+    out = []
+    for name, img in images:
+        if on_image:
+            on_image(name)
+        if task == "sr":
+            gt = fit(img, max_side, scale)
+            inp = bicubic_degrade(gt, scale)
+            variant = f"sr-x{scale}-matlab-bicubic"
+        else:
+            gt = None
+            inp = fit(img, max_side, max(getattr(teacher, "multiple", 1), 4))
+            variant = "translation"
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                y = tiled_forward(teacher, x[None].to(device), scale=scale, tile=tile)[0]
+            return y.clamp(0, 1).float().cpu()
+
+        target = cache.run(run, inp, img_hash=image_hash(inp), variant=variant).float()
+        out.append(DistillImage(name, inp, target, gt))
+    return out
+
+
+def split(items: list[DistillImage]) -> tuple[list[DistillImage], list[DistillImage]]:
+    """Two disjoint halves by image (sorted by name): (weights half, architecture half). The architecture
+    half is also the held-out set on which derived architectures are compared."""
+    if len(items) < 2:
+        raise AgdError(f"search: needs at least 2 images (one per half: weights, architecture), got {len(items)}")
+    items = sorted(items, key=lambda d: d.name)
+    return items[0::2], items[1::2]
+
+
+def check_patch(items: list[DistillImage], patch: int) -> None:
+    for d in items:
+        h, w = d.inp.shape[1:]
+        if h < patch or w < patch:
+            raise AgdError(f"image {d.name}: its input is {h}x{w} pixels, smaller than the {patch}x{patch} training crop "
+                           f"(use larger images, a larger --max-side, or a smaller patch)")
+
+
+def batch(items: list[DistillImage], *, size: int, patch: int, scale: int, seed: int, phase: int, step: int,
+          flips: bool = True, indices: list[int] | None = None) -> dict[str, torch.Tensor | None]:
+    """A batch of aligned random crops, a pure function of (seed, phase, step): the same on every run and
+    on every process. ``indices`` selects which of the ``size`` samples to return (data parallelism)."""
+    g = torch.Generator().manual_seed(((seed * 1_000_003 + phase) * 1_000_033 + step) & 0x7FFF_FFFF_FFFF)
+    inps, targets, gts = [], [], []
+    for k in range(size):
+        d = items[int(torch.randint(len(items), (), generator=g))]
+        h, w = d.inp.shape[1:]
+        t = int(torch.randint(h - patch + 1, (), generator=g))
+        l = int(torch.randint(w - patch + 1, (), generator=g))
+        hf, vf, tr = (bool(b) for b in torch.randint(2, (3,), generator=g)) if flips else (False, False, False)
+        if indices is not None and k not in indices:
+            continue
+        s = scale
+        crops = [d.inp[:, t:t + patch, l:l + patch], d.target[:, t * s:(t + patch) * s, l * s:(l + patch) * s]]
+        if d.gt is not None:
+            crops.append(d.gt[:, t * s:(t + patch) * s, l * s:(l + patch) * s])
+        out = []
+        for c in crops:
+            c = c.flip(-1) if hf else c
+            c = c.flip(-2) if vf else c
+            out.append(c.transpose(-1, -2) if tr else c)
+        inps.append(out[0])
+        targets.append(out[1])
+        if d.gt is not None:
+            gts.append(out[2])
+    return {"inp": torch.stack(inps), "target": torch.stack(targets), "gt": torch.stack(gts) if gts else None}
+
+
+def center_crops(items: list[DistillImage], patch: int, scale: int) -> dict[str, torch.Tensor | None]:
+    """One fixed central crop per image (the held-out evaluation batch)."""
+    inps, targets, gts = [], [], []
+    for d in items:
+        h, w = d.inp.shape[1:]
+        t, l = (h - patch) // 2, (w - patch) // 2
+        inps.append(d.inp[:, t:t + patch, l:l + patch])
+        targets.append(d.target[:, t * scale:(t + patch) * scale, l * scale:(l + patch) * scale])
+        if d.gt is not None:
+            gts.append(d.gt[:, t * scale:(t + patch) * scale, l * scale:(l + patch) * scale])
+    return {"inp": torch.stack(inps), "target": torch.stack(targets), "gt": torch.stack(gts) if gts else None}

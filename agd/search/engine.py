@@ -1,0 +1,319 @@
+"""The search: distillation-guided, resource-constrained differentiable architecture search.
+
+Procedure (AutoGAN-Distiller's, with a budget controller that needs no tuning):
+1. pretraining, ``pretrain_steps``: weights only, uniform α, the sandwich rule (largest, smallest and a
+   random width per step, gradients accumulated), on the weights half of the images;
+2. search, ``search_steps``: alternating first-order steps, an architecture step (Adam on α and the width
+   logits; distillation loss on the architecture half + the budget term, then dual ascent on λ) and a
+   weight step (distillation loss on the weights half), Gumbel temperature annealed;
+3. every ``eval_every`` steps and at the end: the most probable architecture within ±tolerance of the
+   budget is derived and scored by the distillation loss of the supernet fixed to it on held-out crops
+   (the architecture half); the best scoring one is kept, not the last.
+
+Every batch is a pure function of (seed, phase, step) and all other randomness comes from torch's RNG,
+which is checkpointed, so a resumed run equals an uninterrupted one. Under torchrun every process takes
+its slice of each global batch and DistributedDataParallel averages the gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from agd.io import AgdError, atomic_write_json, atomic_write_text
+from agd.runs import RunDir
+from agd.search import data as D
+from agd.search.budget import Budget, DualController, derive_within_budget
+from agd.search.config import SearchConfig
+from agd.space import Genotype, SearchSpace, Supernet, TemperatureSchedule
+
+PRETRAIN, SEARCH = 0, 1
+
+
+class _WithCost(nn.Module):
+    """The supernet and its expected cost in one forward, so DDP sees every architecture parameter used."""
+
+    def __init__(self, supernet: Supernet, tables: list[torch.Tensor], overhead: float) -> None:
+        super().__init__()
+        self.supernet = supernet
+        self.tables = tables
+        self.overhead = overhead
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cost, _ = self.supernet.expected_cost(self.tables)
+        return self.supernet(x), cost + self.overhead
+
+
+@dataclass
+class SearchResult:
+    genotype: Genotype
+    heldout_loss: float
+    cost: float
+    argmax_genotype: Genotype
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _finite(*xs: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(x).all()) for x in xs)
+
+
+class Search:
+    """One search run; ``run()`` executes it (resuming from the run folder's checkpoint when asked)."""
+
+    def __init__(self, cfg: SearchConfig, teacher, items: list[D.DistillImage], budget: Budget,
+                 loss_fn: Callable[..., tuple[torch.Tensor, dict]], run: RunDir, *, device: str | torch.device = "cpu",
+                 tables: list[torch.Tensor] | None = None, progress: Callable[[dict], None] | None = None) -> None:
+        self.cfg, self.teacher, self.budget, self.loss_fn, self.run = cfg, teacher, budget, loss_fn, run
+        self.device = torch.device(device)
+        self.rank, self.world = _world()
+        if cfg.batch % self.world:
+            raise AgdError(f"search: the batch ({cfg.batch}) must be divisible by the number of processes ({self.world})")
+        from agd.space import get_config
+
+        space_name = cfg.space or {"translation": "translation", "sr": f"sr-x{teacher.info.scale}"}[teacher.info.task]
+        self.space = SearchSpace(get_config(space_name))
+        if self.space.kind != teacher.info.task:
+            raise AgdError(f"search: the {space_name} space is for {self.space.kind}, the teacher "
+                           f"{teacher.info.name} does {teacher.info.task}")
+        if self.space.scale != teacher.info.scale:
+            raise AgdError(f"search: the {space_name} space upscales x{self.space.scale}, the teacher "
+                           f"{teacher.info.name} x{teacher.info.scale}")
+        self.weights_half, self.arch_half = D.split(items)
+        D.check_patch(items, cfg.patch)
+        torch.manual_seed(cfg.seed)
+        self.supernet = Supernet(self.space).to(self.device)
+        if tables is None:
+            tables = self.space.macs_tables()
+        # NaN marks invalid pairs (identity between unequal widths): the derivation skips them, the
+        # expected cost counts them as 0 (the supernet pads)
+        self.raw_tables = [t.cpu() for t in tables]
+        self.tables = [t.nan_to_num(0.0).to(self.device) for t in tables]
+        self.model = _WithCost(self.supernet, self.tables, budget.overhead)
+        self.ddp = self.model
+        if self.world > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)
+        self.opt_w = torch.optim.Adam(self.supernet.weight_parameters(), lr=cfg.weight_lr, betas=(0.5, 0.999))
+        self.opt_a = torch.optim.Adam(self.supernet.arch_parameters(), lr=cfg.arch_lr, betas=(0.5, 0.999),
+                                      weight_decay=cfg.arch_weight_decay)
+        self.ctrl = DualController(budget.value, step=cfg.dual_step)
+        self.tau = TemperatureSchedule(cfg.tau_start, cfg.tau_end, max(cfg.search_steps, 1))
+        self.step = 0
+        self.lr_scale = 1.0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.progress = progress
+        self.heldout = D.center_crops(self.arch_half, cfg.patch, self.space.scale)
+        self._good: dict[str, Any] | None = None
+        self.rollbacks = 0
+
+    # ---------------------------------------------------------------- state
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "supernet": self.supernet.state_dict(), "opt_w": self.opt_w.state_dict(),
+                "opt_a": self.opt_a.state_dict(), "ctrl": self.ctrl.state_dict(), "rng": torch.get_rng_state(),
+                "history": self.history, "best": self.best, "lr_scale": self.lr_scale, "world": self.world}
+
+    def load(self, s: dict[str, Any]) -> None:
+        if s.get("world", 1) != self.world:
+            raise AgdError(f"--resume: the run was made with {s.get('world', 1)} processes, now {self.world}")
+        self.step = int(s["step"])
+        self.supernet.load_state_dict(s["supernet"])
+        self.opt_w.load_state_dict(s["opt_w"])
+        self.opt_a.load_state_dict(s["opt_a"])
+        self.ctrl.load_state_dict(s["ctrl"])
+        torch.set_rng_state(s["rng"])
+        self.history, self.best, self.lr_scale = list(s["history"]), s["best"], float(s["lr_scale"])
+
+    def checkpoint(self) -> None:
+        self._good = copy.deepcopy(self.state())
+        if self.rank == 0:
+            self.run.save_state(self._good)
+
+    def _rollback(self, what: str) -> None:
+        if self._good is None or self.rollbacks >= 3:
+            raise AgdError(f"search: {what} at step {self.step}; rolling back did not help (after {self.rollbacks} tries)")
+        failed = self.step
+        self.load(copy.deepcopy(self._good))
+        self.rollbacks += 1
+        self.lr_scale *= 0.5
+        for opt in (self.opt_w, self.opt_a):
+            for g in opt.param_groups:
+                g["lr"] *= 0.5
+        msg = (f"{what} at step {failed}: rolled back to step {self.step} and halved the learning rates "
+               f"(now x{self.lr_scale:g})")
+        self.history.append({"step": self.step, "event": msg})
+        if self.progress:
+            self.progress({"event": msg})
+
+    # ---------------------------------------------------------------- steps
+    def _batch(self, items: list[D.DistillImage], phase: int, step: int) -> dict[str, torch.Tensor | None]:
+        idx = list(range(self.rank, self.cfg.batch, self.world))
+        b = D.batch(items, size=self.cfg.batch, patch=self.cfg.patch, scale=self.space.scale, seed=self.cfg.seed,
+                    phase=phase, step=step, indices=idx)
+        return {k: (v.to(self.device) if v is not None else None) for k, v in b.items()}
+
+    def _distill(self, out: torch.Tensor, b: dict) -> torch.Tensor:
+        loss, _ = self.loss_fn(out, b["target"], b["gt"])
+        return loss
+
+    def _clip(self, params: list[nn.Parameter]) -> None:
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+
+    def pretrain_step(self) -> dict[str, float]:
+        b = self._batch(self.weights_half, PRETRAIN, self.step)
+        self.opt_w.zero_grad(set_to_none=True)
+        self.opt_a.zero_grad(set_to_none=True)
+        total = 0.0
+        for mode in ("max", "min", "random"):
+            self.supernet.set_sampling(ops="mixture", widths=mode)
+            out, _ = self.ddp(b["inp"])
+            loss = self._distill(out, b) / 3
+            if not _finite(loss):
+                return {"nonfinite": 1.0}
+            loss.backward()
+            total += float(loss.detach())
+        self._clip(self.supernet.weight_parameters())
+        self.opt_w.step()
+        return {"loss_w": total}
+
+    def search_step(self) -> dict[str, float]:
+        s = self.step - self.cfg.pretrain_steps
+        tau = self.tau.at(s)
+        self.supernet.set_sampling(ops="mixture", widths="gumbel", tau=tau)
+        # architecture step (architecture half)
+        b = self._batch(self.arch_half, SEARCH, 2 * s)
+        self.opt_a.zero_grad(set_to_none=True)
+        self.opt_w.zero_grad(set_to_none=True)
+        out, cost = self.ddp(b["inp"])
+        loss_d = self._distill(out, b)
+        loss_a = loss_d + self.ctrl.penalty(cost).to(loss_d.dtype)
+        if not _finite(loss_a, cost):
+            return {"nonfinite": 1.0}
+        loss_a.backward()
+        self._clip(self.supernet.arch_parameters())
+        self.opt_a.step()
+        lam = self.ctrl.update(float(cost))
+        # weight step (weights half)
+        b = self._batch(self.weights_half, SEARCH, 2 * s + 1)
+        self.opt_w.zero_grad(set_to_none=True)
+        self.opt_a.zero_grad(set_to_none=True)
+        out, _ = self.ddp(b["inp"])
+        loss_w = self._distill(out, b)
+        if not _finite(loss_w):
+            return {"nonfinite": 1.0}
+        loss_w.backward()
+        self._clip(self.supernet.weight_parameters())
+        self.opt_w.step()
+        return {"loss_a": float(loss_d), "loss_w": float(loss_w), "expected": float(cost), "lam": lam, "tau": tau}
+
+    # ---------------------------------------------------------------- derivation
+    def derive(self) -> Genotype:
+        layers = self.supernet.mixed_layers
+        with torch.no_grad():
+            return derive_within_budget(self.space, [m.op_probs() for m in layers], [m.width_probs() for m in layers],
+                                        self.raw_tables, self.budget.value, tol=self.cfg.tolerance,
+                                        overhead=self.budget.overhead)
+
+    def heldout_loss(self, g: Genotype) -> float:
+        self.supernet.fix(g)
+        try:
+            with torch.no_grad():
+                b = {k: (v.to(self.device) if v is not None else None) for k, v in self.heldout.items()}
+                return float(self._distill(self.supernet(b["inp"]), b))
+        finally:
+            self.supernet.unfix()
+
+    def cost_of(self, g: Genotype) -> float:
+        total, c_in = self.budget.overhead, self.space.config.in_ch
+        for i, (spec, ch) in enumerate(zip(self.space.layers, g.layers)):
+            ins = self.space.in_choices(i)
+            total += float(self.tables[i][spec.ops.index(ch.op), ins.index(c_in), spec.widths.index(ch.width)])
+            c_in = ch.width
+        return total
+
+    def evaluate(self) -> dict[str, Any]:
+        layers = self.supernet.mixed_layers
+        g = self.derive()
+        loss = self.heldout_loss(g)
+        argmax = self.supernet.genotype()
+        rec = {"step": self.step, "heldout_loss": loss, "cost": self.cost_of(g), "argmax_cost": self.cost_of(argmax),
+               "expected": float(self.model.supernet.expected_cost(self.tables)[0]) + self.budget.overhead,
+               "lam": self.ctrl.lam, "genotype": g.to_dict(),
+               "op_probs": {m.spec.name: m.op_probs().detach().cpu().tolist() for m in layers if m.alpha is not None},
+               "width_probs": {m.spec.name: m.width_probs().detach().cpu().tolist() for m in layers if m.beta is not None}}
+        self.history.append(rec)
+        if self.best is None or loss < self.best["heldout_loss"]:
+            self.best = {"step": self.step, "heldout_loss": loss, "cost": rec["cost"], "genotype": rec["genotype"]}
+        return rec
+
+    # ---------------------------------------------------------------- loop
+    def run_loop(self, resume: bool = False) -> SearchResult:
+        if resume:
+            self.load(self.run.load_state())
+            if self.rank == 0:
+                self.run.truncate_log(self.step)
+        self.checkpoint()
+        cfg = self.cfg
+        while self.step < cfg.total_steps:
+            phase = PRETRAIN if self.step < cfg.pretrain_steps else SEARCH
+            rec = self.pretrain_step() if phase == PRETRAIN else self.search_step()
+            if rec.get("nonfinite"):
+                self._rollback("non-finite loss")
+                continue
+            rec = {"step": self.step, "phase": "pretrain" if phase == PRETRAIN else "search", **rec}
+            if self.rank == 0:
+                self.run.log(rec)
+            self.step += 1
+            s = self.step - cfg.pretrain_steps
+            if phase == SEARCH and (s % cfg.eval_every == 0 or self.step == cfg.total_steps):
+                rec["eval"] = self.evaluate()
+            if self.progress:
+                self.progress(rec)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.total_steps:
+                self.checkpoint()
+        best = Genotype.from_dict(self.best["genotype"], "best genotype")
+        return SearchResult(best, self.best["heldout_loss"], self.best["cost"], self.supernet.genotype(), self.history)
+
+
+def write_results(run: RunDir, search: Search, result: SearchResult) -> None:
+    """genotype.json, argmax_genotype.json, history.json, supernet.safetensors, plots, report.md."""
+    from safetensors.torch import save_file
+
+    from agd.io import atomic_path
+
+    result.genotype.save(run.path / "genotype.json")
+    result.argmax_genotype.save(run.path / "argmax_genotype.json")
+    atomic_write_json(run.path / "history.json", result.history)
+    with atomic_path(run.path / "supernet.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in search.supernet.state_dict().items()}, str(tmp))
+    from agd.search.plots import plot_search
+
+    plots = plot_search(run.read_log(), result.history, search.budget, run.path / "plots")
+    b = search.budget
+    lines = [
+        "# agd search", "",
+        f"- teacher: {search.teacher.info.name} ({search.teacher.identity})",
+        f"- space: {search.space.kind} ({len(search.space.layers)} layers, {search.space.num_architectures():.3e} architectures)",
+        f"- budget: {b.describe()}; derived within ±{search.cfg.tolerance:.0%}",
+        f"- best derived architecture: step {search.best['step']}, held-out distillation loss "
+        f"{result.heldout_loss:.5f}, cost {result.cost / 1e9 if b.kind == 'macs' else result.cost:.4g}"
+        f"{' GMACs' if b.kind == 'macs' else ' ms'} ({result.cost / b.value:.3f} x budget)",
+        f"- plain argmax architecture: {search.cost_of(result.argmax_genotype) / b.value:.3f} x budget", "",
+        "| layer | op | width |", "|---|---|---|",
+    ]
+    lines += [f"| {c.name} | {c.op} | {c.width} |" for c in result.genotype.layers]
+    lines += [""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
+    atomic_write_text(run.path / "report.md", "\n".join(lines) + "\n")

@@ -1,0 +1,64 @@
+"""A derived student as an image model: the task's value convention, weights on disk.
+
+Derived generators keep their teacher's convention: SR networks map [0, 1] to [0, 1]; translation
+networks map [-1, 1] to [-1, 1] (tanh). :class:`Student` takes and returns [0, 1] images for both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from agd.io import AgdError, atomic_path
+from agd.space import Genotype, derive
+
+
+class Student(nn.Module):
+    def __init__(self, genotype: Genotype, net: nn.Module | None = None) -> None:
+        super().__init__()
+        self.genotype = genotype
+        self.net = net if net is not None else derive(genotype)
+
+    @property
+    def task(self) -> str:
+        return self.genotype.task
+
+    @property
+    def scale(self) -> int:
+        return self.genotype.scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.task == "translation":
+            h, w = x.shape[-2:]
+            ph, pw = (-h) % 4, (-w) % 4
+            if ph or pw:
+                x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
+            y = (self.net(x * 2 - 1) + 1) / 2
+            return y[..., :h, :w]
+        return self.net(x)
+
+
+def save_weights(net: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def load_student(genotype: Genotype | str | Path, weights: str | Path | None = None, device="cpu") -> Student:
+    """A student from a genotype (object or JSON file) and optional weights (safetensors or a
+    weights-only torch file of the derived network's state dict)."""
+    from agd.io import load_checkpoint, unwrap_state_dict
+
+    g = genotype if isinstance(genotype, Genotype) else Genotype.load(genotype)
+    student = Student(g)
+    if weights is not None:
+        sd = unwrap_state_dict(load_checkpoint(weights), weights)
+        missing, unexpected = student.net.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise AgdError(f"student weights {weights}: do not fit the genotype (missing {list(missing)[:3]}, "
+                           f"unexpected {list(unexpected)[:3]})")
+    return student.to(device).eval()

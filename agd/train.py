@@ -1,0 +1,142 @@
+"""Retraining a derived student by distillation from the teacher (``agd train``).
+
+From scratch or with the supernet's inherited weights; optional ground-truth L1 for SR; an exponential
+moving average of the weights (``torch.optim.swa_utils``) is what gets saved and evaluated. Batches are a
+pure function of (seed, step) and the RNG is checkpointed, so ``--resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from agd.io import AgdError
+from agd.runs import RunDir
+from agd.search import data as D
+from agd.student import Student, save_weights
+
+TRAIN_PHASE = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    loss: str = "tiny"
+    patch: int = 16
+    batch: int = 4
+    steps: int = 300
+    lr: float = 5e-4
+    lr_final: float = 2e-5  # cosine decay to this
+    ema: float = 0.99
+    gt_weight: float = 0.0  # SR: weight of an L1 term against the ground truth
+    checkpoint_every: int = 50
+    max_side: int | None = 96
+    grad_clip: float = 5.0
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+TRAIN_PRESETS = {
+    "tiny": TrainConfig(),
+    "small": TrainConfig(loss="paper", patch=32, batch=8, steps=2000, ema=0.999, checkpoint_every=200, max_side=256),
+    "paper": TrainConfig(loss="paper", patch=64, batch=16, steps=200000, ema=0.999, checkpoint_every=2000,
+                         max_side=None, lr=1e-4, lr_final=1e-6),
+}
+
+
+def get_train_config(name: str, **overrides: Any) -> TrainConfig:
+    if name not in TRAIN_PRESETS:
+        raise AgdError(f"train preset {name!r}: unknown (presets: {', '.join(TRAIN_PRESETS)})")
+    return replace(TRAIN_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, student: Student, items: list[D.DistillImage], loss_fn, run: RunDir,
+                 *, device="cpu", progress: Callable[[dict], None] | None = None) -> None:
+        self.cfg, self.student, self.items, self.loss_fn, self.run = cfg, student, items, loss_fn, run
+        self.device = torch.device(device)
+        D.check_patch(items, cfg.patch)
+        self.student.to(self.device).train()
+        self.ema = AveragedModel(self.student, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
+        self.opt = torch.optim.Adam(self.student.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(cfg.steps, 1), eta_min=cfg.lr_final)
+        self.step = 0
+        self.progress = progress
+        self._good: dict[str, Any] | None = None
+        self.rollbacks = 0
+
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "student": self.student.state_dict(), "ema": self.ema.state_dict(),
+                "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "rng": torch.get_rng_state()}
+
+    def load(self, s: dict[str, Any]) -> None:
+        self.step = int(s["step"])
+        self.student.load_state_dict(s["student"])
+        self.ema.load_state_dict(s["ema"])
+        self.opt.load_state_dict(s["opt"])
+        self.sched.load_state_dict(s["sched"])
+        torch.set_rng_state(s["rng"])
+
+    def checkpoint(self) -> None:
+        self._good = copy.deepcopy(self.state())
+        self.run.save_state(self._good)
+
+    def train_step(self) -> dict[str, float]:
+        b = D.batch(self.items, size=self.cfg.batch, patch=self.cfg.patch, scale=self.student.scale,
+                    seed=self.cfg.seed, phase=TRAIN_PHASE, step=self.step)
+        b = {k: (v.to(self.device) if v is not None else None) for k, v in b.items()}
+        out = self.student(b["inp"])
+        loss, terms = self.loss_fn(out, b["target"], b["gt"])
+        if self.cfg.gt_weight and b["gt"] is not None:
+            loss = loss + self.cfg.gt_weight * (out - b["gt"]).abs().mean()
+        if not torch.isfinite(loss):
+            return {"nonfinite": 1.0}
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.ema.update_parameters(self.student)
+        return {"loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0],
+                **{k: float(v.detach()) for k, v in terms.items()}}
+
+    def run_loop(self, resume: bool = False) -> nn.Module:
+        if resume:
+            self.load(self.run.load_state())
+            self.run.truncate_log(self.step)
+        self.checkpoint()
+        while self.step < self.cfg.steps:
+            rec = self.train_step()
+            if rec.get("nonfinite"):
+                if self._good is None or self.rollbacks >= 3:
+                    raise AgdError(f"train: non-finite loss at step {self.step}; rolling back did not help")
+                failed = self.step
+                self.load(copy.deepcopy(self._good))
+                self.rollbacks += 1
+                for g in self.opt.param_groups:
+                    g["lr"] *= 0.5
+                self.sched.base_lrs = [lr * 0.5 for lr in self.sched.base_lrs]
+                if self.progress:
+                    self.progress({"event": f"non-finite loss at step {failed}: rolled back to step {self.step} "
+                                            "and halved the learning rate"})
+                continue
+            rec = {"step": self.step, **rec}
+            self.run.log(rec)
+            self.step += 1
+            if self.progress:
+                self.progress(rec)
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                self.checkpoint()
+        return self.ema.module
+
+    def save(self) -> None:
+        save_weights(self.ema.module.net, self.run.path / "student.safetensors",
+                     {"genotype": self.student.genotype.to_json(), "steps": str(self.step)})
+        self.student.genotype.save(self.run.path / "genotype.json")

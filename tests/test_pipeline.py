@@ -1,0 +1,85 @@
+"""train / eval / compress end to end with tiny teachers (fast), and the real main job where installed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from agd.cli import main
+from agd.io import save_checkpoint
+from agd.teachers import ResnetGenerator, RRDBNet
+
+
+def _run(capsys, *args):
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    d = tmp_path_factory.mktemp("teachers")
+    torch.manual_seed(0)
+    save_checkpoint({"params_ema": RRDBNet(nf=8, nb=1, gc=4, scale=4).state_dict()}, d / "sr.pth")
+    save_checkpoint(ResnetGenerator(ngf=4, n_blocks=1, norm_affine=True).state_dict(), d / "tr.pth")
+    return d / "sr.pth", d / "tr.pth"
+
+
+@pytest.mark.parametrize("task", ["sr", "translation"])
+def test_compress_end_to_end(tmp_path, teachers, capsys, task):
+    teacher = teachers[0] if task == "sr" else teachers[1]
+    space = "sr-tiny" if task == "sr" else "translation-tiny"
+    out = tmp_path / "run"
+    if task == "sr":
+        code, stdout, err = _run(capsys, "compress", "--teacher", teacher, "--out", out, "--space", space,
+                                 "--ratio", "1", "--search-steps", "2", "--pretrain-steps", "1", "--train-steps", "3")
+        # --ratio 1 of this teacher is above the tiny space's largest network: refused, by name
+        assert code == 2 and "above the largest network" in err
+    code, stdout, err = _run(capsys, "compress", "--teacher", teacher, "--out", out, "--space", space,
+                             "--macs", "0.003G" if task == "sr" else "0.002G",
+                             "--search-steps", "2", "--pretrain-steps", "1", "--train-steps", "3")
+    assert code == 0, err
+    for f in ("search/genotype.json", "search/report.md", "search/plots/cost.png", "search/supernet.safetensors",
+              "train/student.safetensors", "eval/eval.json", "summary.md", "summary.json"):
+        assert (out / f).is_file(), f
+    s = json.loads((out / "summary.json").read_text())
+    assert s["student"]["macs"] < s["teacher"]["macs"] or task == "translation"
+    ev = json.loads((out / "eval/eval.json").read_text())
+    assert len(ev["images"]) >= 4 and all("psnr_to_teacher" in r for r in ev["images"])
+    assert ("psnr" in ev["images"][0]) == (task == "sr")
+    assert len(list((out / "eval/images").glob("*.png"))) == len(ev["images"])
+    # a finished compress resumes to the same summary without recomputing the search or the training
+    code, _, err = _run(capsys, "compress", "--teacher", teacher, "--out", out, "--space", space, "--resume",
+                        "--macs", "0.003G" if task == "sr" else "0.002G")
+    assert code == 0, err
+
+
+def test_train_resume_and_eval_mismatch(tmp_path, teachers, capsys):
+    g = tmp_path / "g.json"
+    from agd.space import SearchSpace, get_config
+
+    import random
+
+    SearchSpace(get_config("sr-tiny")).random_genotype(random.Random(0)).save(g)
+    code, _, err = _run(capsys, "train", g, "--teacher", teachers[0], "--out", tmp_path / "t", "--steps", "4")
+    assert code == 0, err
+    code, _, err = _run(capsys, "train", g, "--teacher", teachers[0], "--out", tmp_path / "t", "--steps", "4")
+    assert code == 2 and "pass --resume" in err
+    code, _, err = _run(capsys, "train", g, "--teacher", teachers[0], "--out", tmp_path / "t", "--steps", "4", "--resume")
+    assert code == 0, err
+    code, _, err = _run(capsys, "eval", g, "--weights", tmp_path / "t/student.safetensors", "--teacher", teachers[1],
+                        "--out", tmp_path / "e")
+    assert code == 2 and "genotype is a sr x4 network" in err
+
+
+def test_main_job_on_the_real_teacher_is_in_the_readme():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    first = readme.split("# 1. ")[1].splitlines()[1]
+    assert first.rstrip().endswith(".venv/bin/agd compress")
