@@ -83,3 +83,27 @@ def test_main_job_on_the_real_teacher_is_in_the_readme():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     first = readme.split("# 1. ")[1].splitlines()[1]
     assert first.rstrip().endswith(".venv/bin/agd compress")
+
+
+def test_baselines_at_the_same_budget(tmp_path, teachers, capsys):
+    import random
+
+    from agd.commands.baseline import hand_designed, random_within_budget
+    from agd.space import SearchSpace, get_config
+
+    space = SearchSpace(get_config("sr-tiny"))
+    g = space.random_genotype(random.Random(3))
+    budget = space.genotype_macs(g)
+    for s in range(3):
+        r = random_within_budget(space, budget, seed=s)
+        assert abs(space.genotype_macs(r) / budget - 1) <= 0.05
+    assert len({random_within_budget(space, budget, seed=s).to_json() for s in range(3)}) >= 2
+    h = hand_designed(space, budget)
+    assert all(c.op == "resblock" for c, s in zip(h.layers, space.layers) if "resblock" in s.ops)
+    gp = g.save(tmp_path / "searched.json")
+    code, out, err = _run(capsys, "baseline", gp, "--teacher", teachers[0], "--out", tmp_path / "b", "--seeds", "2",
+                          "--train-steps", "2")
+    assert code == 0, err
+    rows = json.loads((tmp_path / "b/baselines.json").read_text())
+    assert [r["name"] for r in rows] == ["searched", "hand-designed", "random-0", "random-1"]
+    assert (tmp_path / "b/pareto.png").is_file() and "random mean" in (tmp_path / "b/baselines.md").read_text()

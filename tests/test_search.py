@@ -262,3 +262,41 @@ def test_two_processes_equal_one_with_the_global_batch(tmp_path, tiny_teachers):
     assert worst <= 1e-5, worst
     alphas = [k for k in a if k.endswith(("alpha", "beta"))]
     assert alphas and all(torch.allclose(a[k], b[k], atol=1e-5) for k in alphas)
+
+
+def test_latency_budget_from_a_table(tmp_path, tiny_teachers, capsys):
+    """--latency with a latency table: the derived network's predicted latency is within ±5 % of it.
+    The table here is synthetic (a per-configuration cost with a fixed per-call part, plus an overhead);
+    measured tables come from `agd latency-table build` (tests/test_tuning.py)."""
+    from agd.cli import main
+    from agd.search.budget import cost_extremes
+    from agd.tuning.latency_table import LatencyTable, entry_key, space_key
+
+    space = SearchSpace(get_config("sr-tiny"))
+    table = LatencyTable(target="x86", tvm_target={"kind": "llvm"})
+    for i, (spec, size) in enumerate(zip(space.layers, space.input_sizes())):
+        for op in spec.ops:
+            for ci in space.in_choices(i):
+                for co in spec.widths:
+                    if op != "identity":
+                        table.entries[entry_key(spec, op, ci, co, size)] = 0.02 + space.op_macs(i, op, ci, co, size) / 1e6
+    table.overheads[space_key(space, None)] = {"ms": 0.25}
+    path = table.save(tmp_path / "x86.json")
+    lo, hi = cost_extremes(space, table.tables(space))
+    budget = 0.25 + (lo + hi) / 2
+    out = tmp_path / "run"
+    images = _images(tmp_path / "img")
+    args = ["search", "--teacher", tiny_teachers["sr"], "--images", str(images), "--out", str(out), "--space", "sr-tiny",
+            "--latency", f"{budget}ms", "--latency-table", str(path), "--target", "x86", "--steps", "2",
+            "--pretrain-steps", "1"]
+    try:
+        main(args)
+    except SystemExit as e:
+        assert e.code in (0, None), capsys.readouterr().err
+    from agd.space import Genotype
+
+    g = Genotype.load(out / "genotype.json")
+    assert abs(table.predict(g) / budget - 1) <= 0.05
+    with pytest.raises(SystemExit):
+        main(args[:-6] + ["--target", "arm64", "--out", str(tmp_path / "r2")])
+    assert "measured for target 'x86', not 'arm64'" in capsys.readouterr().err

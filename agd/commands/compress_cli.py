@@ -18,6 +18,9 @@ def search_cmd(
     preset: str = typer.Option("tiny", help="Search preset: tiny, small, paper."),
     macs: Optional[str] = typer.Option(None, help="MACs budget at the space's reference input, e.g. 12G."),
     ratio: Optional[float] = typer.Option(None, help="Budget as a fraction of the teacher's MACs, e.g. 0.1."),
+    latency: Optional[str] = typer.Option(None, help="Latency budget, e.g. 15ms (needs --latency-table)."),
+    latency_table: Optional[Path] = typer.Option(None, help="Latency table JSON (agd latency-table build)."),
+    target: Optional[str] = typer.Option(None, help="The target the latency table must be for (x86, arm64, ...)."),
     device: str = typer.Option("cpu", help="torch device."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
     vgg_weights: Optional[Path] = typer.Option(None, help="torchvision VGG16/VGG19 state dict for perceptual losses."),
@@ -34,6 +37,7 @@ def search_cmd(
     init_distributed(device)
     overrides = {"search_steps": steps, "pretrain_steps": pretrain_steps, "seed": seed, "space": space, "batch": batch}
     run_search_job(SearchJob(teacher=teacher, images=images, out=out, preset=preset, macs=macs, ratio=ratio,
+                             latency=latency, latency_table=latency_table, target=target,
                              device=device, resume=resume, vgg_weights=vgg_weights,
                              overrides={k: v for k, v in overrides.items() if v is not None}))
 
@@ -99,3 +103,21 @@ def compress_cmd(
                      device=device, resume=resume, vgg_weights=vgg_weights,
                      search_overrides={k: v for k, v in search_over.items() if v is not None},
                      train_overrides={"steps": train_steps} if train_steps else None)
+
+
+def baseline_cmd(
+    genotype: Path = typer.Argument(..., help="The searched genotype (its MACs are the budget)."),
+    weights: Optional[Path] = typer.Option(None, help="The searched student's trained weights; without them it is trained here too."),
+    teacher: str = typer.Option("realesrgan-x4plus", help=TEACHER_HELP),
+    images: Optional[Path] = typer.Option(None, help=IMAGES_HELP),
+    out: Path = typer.Option(Path("runs/baseline"), help="Output folder."),
+    preset: str = typer.Option("tiny", help="Training preset, the same as the searched student's."),
+    seeds: int = typer.Option(3, min=1, help="Number of random architectures."),
+    device: str = typer.Option("cpu", help="torch device."),
+    train_steps: Optional[int] = typer.Option(None, help="Override the preset's training steps."),
+) -> None:
+    """Hand-designed and random networks at the same MACs, trained and evaluated like the searched one."""
+    from agd.commands.baseline import run_baseline_job
+
+    run_baseline_job(genotype, teacher_spec=teacher, images=images, out=out, preset=preset, seeds=seeds, device=device,
+                     searched_weights=weights, train_overrides={"steps": train_steps} if train_steps else None)

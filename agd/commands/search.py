@@ -19,6 +19,9 @@ class SearchJob:
     preset: str = "tiny"
     macs: str | None = None
     ratio: float | None = None
+    latency: str | None = None  # e.g. "15ms", with latency_table (and optionally target)
+    latency_table: Path | None = None
+    target: str | None = None
     device: str = "cpu"
     resume: bool = False
     vgg_weights: Path | None = None
@@ -60,15 +63,30 @@ def run_search_job(job: SearchJob):
     if job.resume:
         saved = run.read_config()
         cfg = type(cfg).from_dict(saved["search"])
-        job.macs, job.ratio = saved["budget"]["macs"], None
+        job.ratio = None
+        if saved["budget"]["kind"] == "macs":
+            job.macs, job.latency = saved["budget"]["macs"], None
+        else:
+            job.macs, job.latency = None, saved["budget"]["value"]
+            job.latency_table, job.target = Path(saved["budget"]["latency_table"]), saved["budget"]["target"]
     device = torch.device(job.device)
     teacher = load_teacher(job.teacher, device=device)
     space_name = cfg.space or {"translation": "translation", "sr": f"sr-x{teacher.info.scale}"}[teacher.info.task]
     space = SearchSpace(get_config(space_name))
-    teacher_macs = None
-    if job.ratio is not None:
-        teacher_macs = count_macs(teacher.module, (1, space.config.in_ch, *space.config.reference_size))
-    budget = macs_budget(space, macs=job.macs, ratio=job.ratio, teacher_macs=teacher_macs)
+    tables = None
+    if job.latency is not None:
+        from agd.search.budget import latency_budget
+
+        if job.macs is not None or job.ratio is not None:
+            raise AgdError("budget: give one of --macs, --ratio and --latency")
+        if job.latency_table is None:
+            raise AgdError("--latency needs --latency-table (build one with: agd latency-table build --target T)")
+        budget, tables = latency_budget(space, job.latency, job.latency_table, job.target)
+    else:
+        teacher_macs = None
+        if job.ratio is not None:
+            teacher_macs = count_macs(teacher.module, (1, space.config.in_ch, *space.config.reference_size))
+        budget = macs_budget(space, macs=job.macs, ratio=job.ratio, teacher_macs=teacher_macs)
     images = D.load_images(job.images)
     console = _console(job.quiet)
     console.print(f"teacher {teacher.info.name}: preparing {len(images)} images (teacher outputs are cached)", highlight=False)
@@ -78,15 +96,18 @@ def run_search_job(job: SearchJob):
     if not job.resume:
         run.write_config({"command": "search", "teacher": {"spec": job.teacher, "identity": teacher.identity},
                           "images": str(job.images) if job.images else "built-in samples",
-                          "budget": {"kind": budget.kind, "value": budget.value, "macs": budget.value},
+                          "budget": {"kind": budget.kind, "value": budget.value,
+                                     "macs": budget.value if budget.kind == "macs" else None,
+                                     "latency_table": str(job.latency_table) if job.latency_table else None,
+                                     "target": job.target},
                           "space": space_name, "search": cfg.to_dict(), "loss": loss.describe()})
-    search = Search(cfg, teacher, items, budget, loss, run, device=device, progress=None)
+    search = Search(cfg, teacher, items, budget, loss, run, device=device, tables=tables, progress=None)
     result = _with_progress(search, job, console)
     if search.rank == 0:
         write_results(run, search, result)
-        console.print(f"genotype {run.path / 'genotype.json'}: {result.cost / 1e9:.3f} GMACs "
-                      f"({result.cost / budget.value:.3f} x budget), held-out loss {result.heldout_loss:.5f}",
-                      highlight=False)
+        cost = f"{result.cost / 1e9:.3f} GMACs" if budget.kind == "macs" else f"{result.cost:.3f} ms predicted"
+        console.print(f"genotype {run.path / 'genotype.json'}: {cost} ({result.cost / budget.value:.3f} x budget), "
+                      f"held-out loss {result.heldout_loss:.5f}", highlight=False)
     return run, search, result
 
 
@@ -116,13 +137,15 @@ def _progress_bar(console, quiet: bool, title: str, total: int, expected_unit: f
             loss = rec.get("loss_w", rec.get("loss", float("nan")))
             desc = f"{rec.get('phase', title)} loss {loss:.4f}"
             if "expected" in rec:
-                desc += f" E[cost] {rec['expected'] / expected_unit:.2f}G λ {rec['lam']:.2f}"
+                desc += (f" E[cost] {rec['expected'] / expected_unit:.2f}{'G' if expected_unit == 1e9 else 'ms'}"
+                         f" λ {rec['lam']:.2f}")
             progress.update(task, completed=rec["step"] + 1, description=desc)
 
         yield on_step
 
 
 def _with_progress(search, job: SearchJob, console):
-    with _progress_bar(console, job.quiet or search.rank != 0, "search", search.cfg.total_steps) as on_step:
+    unit = 1e9 if search.budget.kind == "macs" else 1.0
+    with _progress_bar(console, job.quiet or search.rank != 0, "search", search.cfg.total_steps, unit) as on_step:
         search.progress = on_step
         return search.run_loop(resume=job.resume)

@@ -81,6 +81,51 @@ def macs_budget(space: SearchSpace, *, macs: str | float | None = None, ratio: f
     return Budget("macs", value)
 
 
+def cost_extremes(space: SearchSpace, tables: list[torch.Tensor]) -> tuple[float, float]:
+    """(min, max) of the total table cost over every valid architecture (DP over the width chain)."""
+    out = []
+    for better in (min, max):
+        best = {space.config.in_ch: 0.0}
+        for i, spec in enumerate(space.layers):
+            nxt: dict[int, float] = {}
+            for a, ci in enumerate(space.in_choices(i)):
+                if ci not in best:
+                    continue
+                for b, co in enumerate(spec.widths):
+                    for k, op in enumerate(spec.ops):
+                        c = float(tables[i][k, a, b])
+                        if math.isnan(c) or not op_valid(op, spec, ci, co):
+                            continue
+                        v = best[ci] + c
+                        nxt[co] = v if co not in nxt else better(nxt[co], v)
+            best = nxt
+        out.append(better(best.values()))
+    return out[0], out[1]
+
+
+def latency_budget(space: SearchSpace, ms: str | float, table_path, target: str | None = None,
+                   hw: tuple[int, int] | None = None) -> tuple[Budget, list[torch.Tensor]]:
+    """A latency budget from a latency table (``agd latency-table build``): the per-layer tables in ms and
+    the per-network overhead; checked against the space's range under the table."""
+    from agd.tuning.latency_table import LatencyTable
+
+    value = parse_ms(ms) if isinstance(ms, str) else float(ms)
+    table = LatencyTable.load(table_path)
+    if target is not None and table.target != target:
+        raise AgdError(f"--latency-table {table_path}: was measured for target {table.target!r}, not {target!r}")
+    hw = hw or space.config.reference_size
+    tables = table.tables(space, hw)
+    overhead = table.overhead(space, hw)
+    lo, hi = cost_extremes(space, tables)
+    if value < lo + overhead:
+        raise AgdError(f"budget {value:.3f} ms is below the fastest network of the {space.kind} space on "
+                       f"{table.target} ({lo + overhead:.3f} ms predicted)")
+    if value > hi + overhead:
+        raise AgdError(f"budget {value:.3f} ms is above the slowest network of the {space.kind} space on "
+                       f"{table.target} ({hi + overhead:.3f} ms predicted); no search is needed")
+    return Budget("latency", value, "ms", overhead), tables
+
+
 @dataclass
 class DualController:
     """Dual ascent on λ for the constraint log(E / B) <= 0 (see the module docstring)."""

@@ -205,7 +205,7 @@ class Search:
         loss_a.backward()
         self._clip(self.supernet.arch_parameters())
         self.opt_a.step()
-        lam = self.ctrl.update(float(cost))
+        lam = self.ctrl.update(float(cost.detach()))
         # weight step (weights half)
         b = self._batch(self.weights_half, SEARCH, 2 * s + 1)
         self.opt_w.zero_grad(set_to_none=True)
@@ -217,7 +217,8 @@ class Search:
         loss_w.backward()
         self._clip(self.supernet.weight_parameters())
         self.opt_w.step()
-        return {"loss_a": float(loss_d), "loss_w": float(loss_w), "expected": float(cost), "lam": lam, "tau": tau}
+        return {"loss_a": float(loss_d.detach()), "loss_w": float(loss_w.detach()), "expected": float(cost.detach()),
+                "lam": lam, "tau": tau}
 
     # ---------------------------------------------------------------- derivation
     def derive(self) -> Genotype:

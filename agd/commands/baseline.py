@@ -1,0 +1,96 @@
+"""``agd baseline``: honest baselines at the searched network's budget, trained exactly like it.
+
+(a) a hand-designed network: residual blocks in every searchable layer (the layer's only operator where
+it has no choice), one width ratio everywhere, the ratio whose MACs come closest to the budget;
+(b) random architectures within ±tolerance of the budget: random operator and width logits, then the
+most probable architecture within the band (:func:`agd.search.derive_within_budget`), i.e. a random
+point of the band, one per seed. Each is trained with the same preset, images and seed schedule as the
+searched student and evaluated on the same images; the table and a Pareto chart compare them.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agd.io import AgdError, atomic_write_json, atomic_write_text
+from agd.search import derive_within_budget
+from agd.space import Genotype, LayerChoice, SearchSpace
+
+
+def hand_designed(space: SearchSpace, budget: float) -> Genotype:
+    """Uniform residual blocks with one width ratio, the ratio whose MACs are closest to ``budget``."""
+    n_ratios = max(len(s.widths) for s in space.layers)
+    best = None
+    for r in range(n_ratios):
+        layers, c_in = [], space.config.in_ch
+        for spec in space.layers:
+            w = spec.widths[min(r, len(spec.widths) - 1)] if len(spec.widths) > 1 else spec.widths[0]
+            op = "resblock" if "resblock" in spec.ops else spec.ops[0]
+            layers.append(LayerChoice(spec.name, op, w))
+            c_in = w
+        g = Genotype(space.config, layers)
+        space.validate(g)
+        gap = abs(space.genotype_macs(g) - budget)
+        if best is None or gap < best[0]:
+            best = (gap, g)
+    return best[1]
+
+
+def random_within_budget(space: SearchSpace, budget: float, seed: int, tol: float = 0.05) -> Genotype:
+    g = torch.Generator().manual_seed(seed)
+    ops = [torch.softmax(torch.randn(len(s.ops), generator=g) * 3, 0) for s in space.layers]
+    widths = [torch.softmax(torch.randn(len(s.widths), generator=g) * 3, 0) for s in space.layers]
+    return derive_within_budget(space, ops, widths, space.macs_tables(), budget, tol=tol)
+
+
+def run_baseline_job(searched: Path, *, teacher_spec: str, images: Path | None, out: Path, preset: str, seeds: int,
+                     device: str, searched_weights: Path | None = None, quiet: bool = False,
+                     train_overrides: dict | None = None) -> list[dict[str, Any]]:
+    from rich.console import Console
+
+    from agd.commands.pipeline import run_eval_job, run_train_job
+    from agd.search.plots import plot_pareto
+
+    console = Console(quiet=quiet)
+    g = Genotype.load(searched)
+    space = SearchSpace(g.config)
+    budget = space.genotype_macs(g)
+    candidates: list[tuple[str, Genotype]] = [("hand-designed", hand_designed(space, budget))]
+    candidates += [(f"random-{s}", random_within_budget(space, budget, seed=s)) for s in range(seeds)]
+    if searched_weights is None:
+        candidates.insert(0, ("searched", g))
+    out = Path(out)
+    rows = []
+    for name, gen in candidates:
+        console.rule(name)
+        gpath = gen.save(out / name / "genotype.json")
+        run_train_job(gpath, teacher_spec=teacher_spec, images=images, out=out / name / "train", preset=preset,
+                      device=device, resume=(out / name / "train" / "checkpoint.pt").is_file(), quiet=quiet,
+                      overrides=train_overrides)
+        ev = run_eval_job(gpath, out / name / "train" / "student.safetensors", teacher_spec=teacher_spec, images=images,
+                          out=out / name / "eval", device=device, quiet=True)
+        rows.append({"name": name, "macs": ev["macs"], "params": ev["params"], **ev["mean"]})
+    if searched_weights is not None:
+        ev = run_eval_job(searched, searched_weights, teacher_spec=teacher_spec, images=images, out=out / "searched" / "eval",
+                          device=device, quiet=True)
+        rows.insert(0, {"name": "searched", "macs": ev["macs"], "params": ev["params"], **ev["mean"]})
+    atomic_write_json(out / "baselines.json", rows)
+    plot_pareto(rows, out / "pareto.png")
+    randoms = [r["psnr_to_teacher"] for r in rows if r["name"].startswith("random")]
+    lines = ["# agd baseline", "", f"budget: {budget / 1e9:.3f} GMACs (the searched network's)", "",
+             "| network | GMACs | params (M) | PSNR to teacher | PSNR to ground truth |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['macs'] / 1e9:.3f} | {r['params'] / 1e6:.3f} | {r['psnr_to_teacher']:.3f} | "
+                     f"{r.get('psnr', float('nan')):.3f} |")
+    if randoms:
+        mean = sum(randoms) / len(randoms)
+        s = next(r for r in rows if r["name"] == "searched")["psnr_to_teacher"]
+        lines += ["", f"searched − random mean (PSNR to teacher): {s - mean:+.3f} dB over {len(randoms)} random seeds"]
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(out / "baselines.md", text)
+    console.print(text, highlight=False, markup=False)
+    return rows
