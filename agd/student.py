@@ -50,11 +50,13 @@ def save_weights(net: nn.Module, path: str | Path, metadata: dict[str, str] | No
 
 def load_student(genotype: Genotype | str | Path, weights: str | Path | None = None, device="cpu") -> Student:
     """A student from a genotype (object or JSON file) and optional weights (safetensors or a
-    weights-only torch file of the derived network's state dict)."""
+    weights-only torch file of the derived network's state dict); without weights, seeded random ones."""
     from agd.io import load_checkpoint, unwrap_state_dict
 
     g = genotype if isinstance(genotype, Genotype) else Genotype.load(genotype)
-    student = Student(g)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # without weights: a seeded random init, the same on every call
+        student = Student(g)
     if weights is not None:
         sd = unwrap_state_dict(load_checkpoint(weights), weights)
         missing, unexpected = student.net.load_state_dict(sd, strict=False)

@@ -107,3 +107,21 @@ def test_baselines_at_the_same_budget(tmp_path, teachers, capsys):
     rows = json.loads((tmp_path / "b/baselines.json").read_text())
     assert [r["name"] for r in rows] == ["searched", "hand-designed", "random-0", "random-1"]
     assert (tmp_path / "b/pareto.png").is_file() and "random mean" in (tmp_path / "b/baselines.md").read_text()
+
+
+def test_eval_with_the_cpp_backend_matches(tmp_path, teachers, capsys):
+    """agd eval --backend cpp (agd's fused C++ blocks) scores like the standard-op student."""
+    import random
+
+    from agd.space import SearchSpace, get_config
+    from agd.space.fast import available_backends
+
+    if available_backends().get("cpp"):
+        pytest.skip(f"C++ backend unavailable: {available_backends()['cpp']}")
+    g = SearchSpace(get_config("sr-tiny")).random_genotype(random.Random(5)).save(tmp_path / "g.json")
+    res = {}
+    for backend in ("torch", "cpp"):
+        code, _, err = _run(capsys, "eval", g, "--teacher", teachers[0], "--out", tmp_path / backend, "--backend", backend)
+        assert code == 0, err
+        res[backend] = json.loads((tmp_path / backend / "eval.json").read_text())
+    assert res["cpp"]["mean"]["psnr_to_teacher"] == pytest.approx(res["torch"]["mean"]["psnr_to_teacher"], abs=0.01)

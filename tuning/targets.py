@@ -6,6 +6,7 @@ a TVM RPC tracker. Each resolves to a TVM target as a JSON dict (TVM's own repre
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from agd.io import AgdError
 
 TARGETS = ("x86", "arm64", "cuda")
 ARM64_CROSS_CXX = "aarch64-linux-gnu-g++"
+ARM64_CORES = 4  # MetaSchedule needs a core count; typical of phone big clusters and boards
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,10 @@ def resolve_target(name: str, cuda_arch: str | None = None) -> TargetSpec:
         if platform.machine() not in ("x86_64", "AMD64"):
             raise AgdError(f"target x86: this machine is {platform.machine()}; use arm64 or an rpc:// target")
         cpu = host_cpu()
-        return TargetSpec("x86", {"kind": "llvm", "mcpu": cpu}, notes={"cpu": cpu})
+        cores = _physical_cores()
+        return TargetSpec("x86", {"kind": "llvm", "mcpu": cpu, "num-cores": cores}, notes={"cpu": cpu})
     if name == "arm64":
-        tgt = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+        tgt = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": ARM64_CORES}
         native = platform.machine() in ("aarch64", "arm64")
         return TargetSpec("arm64", tgt, cross_compiler=None if native else ARM64_CROSS_CXX)
     if name == "cuda":
@@ -68,9 +71,20 @@ def resolve_target(name: str, cuda_arch: str | None = None) -> TargetSpec:
             raise AgdError(f"target {name!r}: expected rpc://HOST:PORT/KEY") from None
         if not key:
             raise AgdError(f"target {name!r}: the device key after the port is empty")
-        return TargetSpec(name, {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
-                          cross_compiler=ARM64_CROSS_CXX, rpc=rpc)
+        return TargetSpec(name, {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"],
+                                 "num-cores": ARM64_CORES},
+                          cross_compiler=ARM64_CROSS_CXX, rpc=rpc,
+                          notes={"num-cores": f"{ARM64_CORES} assumed (MetaSchedule's thread count on the device)"})
     raise AgdError(f"unknown target {name!r}: expected one of {', '.join(TARGETS)} or rpc://HOST:PORT/KEY")
+
+
+def _physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
 
 
 def _local_cuda_arch() -> str | None:

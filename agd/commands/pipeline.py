@@ -70,16 +70,22 @@ def run_train_job(genotype_path: Path, *, teacher_spec: str, images: Path | None
 
 
 def run_eval_job(genotype_path: Path, weights: Path | None, *, teacher_spec: str, images: Path | None, out: Path,
-                 device: str = "cpu", max_side: int | None = None, inception: Path | None = None, quiet: bool = False):
+                 device: str = "cpu", max_side: int | None = None, inception: Path | None = None, quiet: bool = False,
+                 backend: str = "torch"):
     from rich.console import Console
 
     from agd.evaluate import evaluate_student, format_eval
     from agd.student import load_student
 
     student = load_student(genotype_path, weights, device=device)
+    if backend != "torch":
+        from agd.space.fast import convert
+
+        student.net = convert(student.net, backend)  # agd's fused C++/CUDA blocks; same weights
     teacher, items = _teacher_and_items(teacher_spec, images, max_side, device, out.parent)
     _check_pair(student.genotype, teacher)
     result = evaluate_student(student, teacher, items, out, device=device, inception=inception)
+    result["backend"] = backend
     Console(quiet=quiet).print(format_eval(result), highlight=False, markup=False)
     return result
 
@@ -123,10 +129,24 @@ def run_compress_job(*, teacher_spec: str, images: Path | None, out: Path, prese
                            **result["mean"]},
                "input": list(shape), "device": device}
     atomic_write_json(out / "summary.json", summary)
+    from agd.search.plots import plot_pareto
+
+    plot_pareto(_pareto_points(teacher, t_cost, result), out / "pareto.png",
+                metric="psnr" if "psnr" in result["mean"] else "psnr_to_teacher")
     text = format_compress(summary)
     atomic_write_text(out / "summary.md", text)
     console.print(text, highlight=False, markup=False)
     return summary
+
+
+def _pareto_points(teacher, t_cost, result) -> list[dict[str, Any]]:
+    """Teacher and student for the Pareto chart: against the ground truth for SR (the teacher has a score
+    there), against the teacher for translation (the teacher itself is the reference, shown at 0 error)."""
+    mean = result["mean"]
+    if "psnr" in mean:
+        return [{"name": f"teacher {teacher.info.name}", "macs": t_cost.macs, "psnr": mean["teacher_psnr"]},
+                {"name": "student", "macs": result["macs"], "psnr": mean["psnr"]}]
+    return [{"name": "student", "macs": result["macs"], "psnr_to_teacher": mean["psnr_to_teacher"]}]
 
 
 def _search_max_side(search_dir: Path) -> int | None:

@@ -1,0 +1,193 @@
+"""The ``csrc`` benchmark suite: agd's C++/CUDA block ops against PyTorch eager and torch.compile.
+
+``run_csrc_suite(device, quick)`` returns one row per (op, shape, backend):
+``{"op", "shape", "backend", "median_ms", "ratio"}`` where ``ratio`` = eager median / this median
+(> 1: faster than eager; eager's own row is 1.0). Backends: "eager" (the standard-op module / torch
+functions, oneDNN on CPU, cuDNN on GPU), "agd" (the compiled agd op, or the converted student, see
+:mod:`agd.space.fast`), "compile" (torch.compile of the eager module; full suite only, since compiling
+takes tens of seconds per module on a small CPU). Shapes are those of real derived genotypes at batch
+1: the translation body at 64x64 (a 256x256 input), the SR cells at a 64x64 LR input.
+
+Nothing is printed or written here; the ``agd bench kernels --suite csrc`` command formats the rows.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agd import ops
+from agd.io import AgdError
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """Repetitions per timing: ``warmup`` untimed calls, then the median of ``reps`` calls."""
+
+    warmup: int = 2
+    reps: int = 10
+
+
+QUICK = SuiteConfig(warmup=1, reps=3)
+FULL = SuiteConfig(warmup=2, reps=10)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, cfg: SuiteConfig) -> float:
+    """Median wall time of ``fn`` in milliseconds (synchronising the device around each call)."""
+    with torch.no_grad():
+        for _ in range(cfg.warmup):
+            fn()
+        _sync(device)
+        times = []
+        for _ in range(cfg.reps):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _rows(op: str, shape: str, timings: dict[str, float]) -> list[dict]:
+    base = timings["eager"]
+    return [{"op": op, "shape": shape, "backend": b, "median_ms": round(ms, 4), "ratio": round(base / ms, 3)}
+            for b, ms in timings.items()]
+
+
+def _compiled(fn: Callable, cfg: SuiteConfig, device: torch.device, example: tuple) -> float:
+    c = torch.compile(fn)
+    with torch.no_grad():
+        c(*example)  # compile outside the timing
+    return time_ms(lambda: c(*example), device, cfg)
+
+
+def _dwconv_cases(quick: bool) -> list[tuple[int, int, int, int, int, bool]]:
+    """(C, H, W, stride, dilation, channels_last): DwsBlock hidden widths of both spaces."""
+    cases = [(384, 64, 64, 1, 1, False), (120, 64, 64, 1, 1, False), (384, 64, 64, 1, 1, True)]
+    if not quick:
+        cases += [(120, 64, 64, 1, 1, True), (64, 128, 128, 2, 1, False), (64, 128, 128, 2, 1, True),
+                  (120, 64, 64, 1, 2, False)]
+    return cases
+
+
+def _bench_dwconv(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[dict]:
+    rows = []
+    for c, h, w, s, d, cl in _dwconv_cases(quick):
+        x = torch.randn(1, c, h, w, device=device)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        wt = torch.randn(c, 1, 3, 3, device=device)
+        shape = f"1x{c}x{h}x{w} s{s} d{d} {'NHWC' if cl else 'NCHW'}"
+        t = {"eager": time_ms(lambda: F.conv2d(x, wt, None, s, d, d, c), device, cfg),
+             "agd": time_ms(lambda: torch.ops.agd.dwconv3x3(x, wt, s, d), device, cfg)}
+        rows += _rows("dwconv3x3", shape, t)
+    return rows
+
+
+def _bench_epilogue(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[dict]:
+    rows = []
+    for c, hw in ([(128, 64)] if quick else [(128, 64), (64, 128), (32, 256)]):
+        y = torch.randn(1, c, hw, hw, device=device)
+        s = torch.randn_like(y)
+
+        def eager(y=y, s=s):
+            return torch.relu(F.instance_norm(y) + s)
+
+        t = {"eager": time_ms(eager, device, cfg),
+             "agd": time_ms(lambda y=y, s=s: torch.ops.agd.norm_act_residual(y, s, None, None, True, 1, 0.2, 1e-5),
+                            device, cfg)}
+        if not quick:
+            t["compile"] = _compiled(eager, cfg, device, (y, s))
+        rows += _rows("norm_act_residual (IN + add + relu)", f"1x{c}x{hw}x{hw}", t)
+    return rows
+
+
+def _dws_cases(quick: bool):
+    from agd.space.blocks import Style
+
+    trans = Style("instance", False, "relu", "reflect", False)
+    sr = Style("none", False, "lrelu", "zeros", False)
+    cases = [("translation", 128, 128, trans), ("sr", 40, 40, sr)]
+    if not quick:
+        cases += [("translation", 256, 256, trans), ("translation", 128, 88, trans), ("sr", 56, 40, sr),
+                  ("sr", 64, 64, sr)]
+    return cases
+
+
+def _bench_dws(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[dict]:
+    from agd.space.blocks import DwsBlock
+    from agd.space.fast import FastDwsBlock
+
+    rows = []
+    for space, cin, cout, style in _dws_cases(quick):
+        torch.manual_seed(0)
+        blk = DwsBlock(cin, cout, style).to(device).eval()
+        fast = FastDwsBlock(blk, "cuda" if device.type == "cuda" else "cpp").eval()
+        x = torch.randn(1, cin, 64, 64, device=device)
+        t = {"eager": time_ms(lambda: blk(x), device, cfg), "agd": time_ms(lambda: fast(x), device, cfg)}
+        if not quick:
+            t["compile"] = _compiled(blk, cfg, device, (x,))
+        rows += _rows("dws_block", f"{space} {cin}->{cout} (hidden {3 * cin}) 1x{cin}x64x64", t)
+    return rows
+
+
+def _students(quick: bool) -> list[tuple[str, nn.Module, tuple[int, int, int, int]]]:
+    from pathlib import Path
+
+    from agd.space import Genotype, SearchSpace, derive, get_config
+
+    root = Path(__file__).resolve().parents[2] / "examples"
+    out = []
+    for name, size in (("translation_r9_small.json", 256), ("sr_x4_small.json", 64)):
+        path = root / name
+        if path.is_file():
+            out.append((f"example {path.stem}", derive(Genotype.load(path)), (1, 3, size, size)))
+    if not quick:
+        for task, size in (("translation", 256), ("sr", 64)):
+            space = SearchSpace(get_config(task))
+            g = space.random_genotype(random.Random(1))
+            out.append((f"random {task} (seed 1)", derive(g), (1, 3, size, size)))
+    return out
+
+
+def _bench_students(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[dict]:
+    from agd.space.fast import convert
+
+    rows = []
+    for name, net, shape in _students(quick):
+        torch.manual_seed(0)
+        net = net.to(device).eval()
+        fast = convert(net, "cuda" if device.type == "cuda" else "cpp")
+        x = torch.rand(*shape, device=device)
+        t = {"eager": time_ms(lambda: net(x), device, cfg), "agd": time_ms(lambda: fast(x), device, cfg)}
+        if not quick:
+            t["compile"] = _compiled(net, cfg, device, (x,))
+        rows += _rows("student", f"{name} input {'x'.join(map(str, shape))}", t)
+    return rows
+
+
+def run_csrc_suite(device: str, quick: bool) -> list[dict]:
+    """Every row of the csrc suite on ``device`` ("cpu" or "cuda[:i]"); AgdError when agd's compiled
+    ops do not run there (the reason says why)."""
+    dev = torch.device(device)
+    backend, why = ops.blocks_backend(dev)
+    if backend == "reference":
+        raise AgdError(f"bench csrc: agd's compiled block ops do not run on {dev}: {why}")
+    cfg = QUICK if quick else FULL
+    rows = []
+    rows += _bench_dwconv(dev, cfg, quick)
+    rows += _bench_epilogue(dev, cfg, quick)
+    rows += _bench_dws(dev, cfg, quick)
+    rows += _bench_students(dev, cfg, quick)
+    return rows

@@ -1,0 +1,135 @@
+// Shared helpers of the block kernels (dwconv3x3.cpp, residual.cpp, dws_block.cpp):
+// activations, SIMD clone attribute, and a row-major GEMM that calls the BLAS sgemm_ linked into
+// libtorch_cpu (MKL on x86-64 wheels) when present, a plain loop otherwise.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && \
+    (!defined(__clang__) || __clang_major__ >= 14) && !defined(AGD_NO_TARGET_CLONES)
+#define AGD_BLOCK_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define AGD_BLOCK_CLONES
+#endif
+
+// Fortran BLAS (LP64) and MKL's per-thread thread count, weak so the library still loads against a
+// torch built without them (then the loop GEMM below runs).
+extern "C" {
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc) __attribute__((weak));
+int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
+}
+
+namespace agd {
+namespace blocks {
+
+// Activation codes shared with agd/ops.py (ACT_CODES).
+enum Act : int64_t { kNone = 0, kRelu = 1, kLeaky = 2, kTanh = 3 };
+
+template <typename T>
+inline T activate(T v, int64_t act, T slope) {
+  switch (act) {
+    case kRelu: return v > T(0) ? v : T(0);
+    case kLeaky: return v > T(0) ? v : v * slope;
+    case kTanh: return std::tanh(v);
+    default: return v;
+  }
+}
+
+// d act / d pre-activation, written with the activation's output (all four are monotone).
+template <typename T>
+inline T activate_grad_from_out(T out, int64_t act, T slope) {
+  switch (act) {
+    case kRelu: return out > T(0) ? T(1) : T(0);
+    case kLeaky: return out > T(0) ? T(1) : slope;
+    case kTanh: return T(1) - out * out;
+    default: return T(1);
+  }
+}
+
+// p[i] = act(p[i] * a + b) over n elements; the switch is hoisted out of the loop.
+template <typename T>
+inline void affine_act(T* __restrict p, int64_t n, T a, T b, int64_t act, T slope) {
+  switch (act) {
+    case kRelu:
+      for (int64_t i = 0; i < n; ++i) p[i] = std::max(p[i] * a + b, T(0));
+      break;
+    case kLeaky:
+      for (int64_t i = 0; i < n; ++i) {
+        const T v = p[i] * a + b;
+        p[i] = v > T(0) ? v : v * slope;
+      }
+      break;
+    case kTanh:
+      for (int64_t i = 0; i < n; ++i) p[i] = std::tanh(p[i] * a + b);
+      break;
+    default:
+      for (int64_t i = 0; i < n; ++i) p[i] = p[i] * a + b;
+  }
+}
+
+// Row-major C (m x n, ldc) = A' (m x k) * B' (k x n) + beta * C, where A' = A or A^T (ta) and
+// B' = B or B^T (tb), all row-major with the given leading dimensions. Called from inside
+// at::parallel_for: MKL is asked for one thread on the calling thread.
+template <typename T>
+inline void gemm_loop(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda,
+                      const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i) {
+    T* c = C + i * ldc;
+    if (beta == T(0)) {
+      std::fill(c, c + n, T(0));
+    } else if (beta != T(1)) {
+      for (int64_t j = 0; j < n; ++j) c[j] *= beta;
+    }
+    for (int64_t p = 0; p < k; ++p) {
+      const T a = ta ? A[p * lda + i] : A[i * lda + p];
+      if (a == T(0)) continue;
+      if (!tb) {
+        const T* b = B + p * ldb;
+        for (int64_t j = 0; j < n; ++j) c[j] += a * b[j];
+      } else {
+        for (int64_t j = 0; j < n; ++j) c[j] += a * B[j * ldb + p];
+      }
+    }
+  }
+}
+
+template <typename T>
+inline void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda,
+                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  gemm_loop(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);
+}
+
+template <>
+inline void gemm<float>(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A,
+                        int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                        int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const bool fits = m < (1LL << 31) && n < (1LL << 31) && k < (1LL << 31) && lda < (1LL << 31) &&
+                    ldb < (1LL << 31) && ldc < (1LL << 31);
+  if (sgemm_ != nullptr && fits && k > 0) {
+    // Column-major view: C^T (n x m) = B'^T (n x k) * A'^T (k x m).
+    const int mi = static_cast<int>(n), ni = static_cast<int>(m), ki = static_cast<int>(k);
+    const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+    const float one = 1.0f;
+    const char tA = tb ? 'T' : 'N', tB = ta ? 'T' : 'N';
+    int previous = 0;
+    const bool nested = at::in_parallel_region() && MKL_Set_Num_Threads_Local != nullptr;
+    if (nested) previous = MKL_Set_Num_Threads_Local(1);
+    sgemm_(&tA, &tB, &mi, &ni, &ki, &one, B, &la, A, &lb, &beta, C, &lc);
+    if (nested) MKL_Set_Num_Threads_Local(previous);
+    return;
+  }
+  gemm_loop(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);
+}
+
+inline const char* gemm_backend() { return sgemm_ != nullptr ? "BLAS sgemm_" : "loop GEMM"; }
+
+}  // namespace blocks
+}  // namespace agd

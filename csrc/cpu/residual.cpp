@@ -1,0 +1,200 @@
+// CPU kernels of the fused residual epilogue (agd/ops.py, section norm_act_residual):
+//   z   = norm ? (y - mean[n,c]) * rstd[n,c] : y        (instance norm: statistics over H x W)
+//   out = act(z * weight[c] + bias[c] + shortcut)       (weight/bias/shortcut optional)
+// Forward returns (out, mean, rstd), mean/rstd float32-or-input-dtype (N, C) (empty when norm is off).
+// One task per (n, c) plane: statistics in two passes over the plane (mean, then centred sum of
+// squares, accumulated in double), then one fused pass writing out. Backward per plane:
+//   g   = grad * act'(out)         (from the output: relu, leaky relu, tanh are monotone)
+//   gs  = g,  gb[c] = sum g,  gw[c] = sum g * z,  gz = g * weight[c]
+//   gy  = rstd * (gz - mean(gz) - z * mean(gz * z))    (norm on; gy = gz otherwise)
+// float32 and float64; any input layout is made NCHW-contiguous first.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "cpu/blocks_common.h"
+
+namespace agd {
+namespace {
+
+using blocks::activate;
+using blocks::activate_grad_from_out;
+
+template <typename T>
+AGD_BLOCK_CLONES void plane_stats(const T* __restrict y, int64_t L, double eps, T& mean_out,
+                                  T& rstd_out) {
+  double s = 0;
+  {
+    T acc = 0;
+    for (int64_t i = 0; i < L; ++i) acc += y[i];
+    s = static_cast<double>(acc);
+  }
+  const double mean = s / static_cast<double>(L);
+  const T m = static_cast<T>(mean);
+  T acc2 = 0;
+  for (int64_t i = 0; i < L; ++i) {
+    const T d = y[i] - m;
+    acc2 += d * d;
+  }
+  const double var = static_cast<double>(acc2) / static_cast<double>(L);
+  mean_out = m;
+  rstd_out = static_cast<T>(1.0 / std::sqrt(var + eps));
+}
+
+template <typename T>
+AGD_BLOCK_CLONES void plane_apply(const T* __restrict y, const T* __restrict s, T* __restrict o,
+                                  int64_t L, T a, T b, int64_t act, T slope) {
+  if (s != nullptr) {
+    for (int64_t i = 0; i < L; ++i) o[i] = activate(y[i] * a + b + s[i], act, slope);
+  } else {
+    for (int64_t i = 0; i < L; ++i) o[i] = activate(y[i] * a + b, act, slope);
+  }
+}
+
+struct EpiArgs {
+  int64_t N, C, L;
+  bool norm;
+  int64_t act;
+  double slope, eps;
+};
+
+at::Tensor opt_contig(const c10::optional<at::Tensor>& t, at::ScalarType ct) {
+  return t.has_value() && t->defined() ? t->to(ct).contiguous() : at::Tensor();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_residual_cpu(
+    const at::Tensor& y_in, const c10::optional<at::Tensor>& shortcut,
+    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, bool norm,
+    int64_t act, double slope, double eps) {
+  TORCH_CHECK(y_in.dim() == 4, "agd::norm_act_residual: y must be 4-D, got ", y_in.dim(), "-D");
+  TORCH_CHECK(act >= 0 && act <= 3, "agd::norm_act_residual: act code ", act, " is not 0..3");
+  const auto t = y_in.scalar_type();
+  TORCH_CHECK(at::isFloatingType(t), "agd::norm_act_residual: y must be floating point");
+  const auto ct = (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+  const at::Tensor y = y_in.to(ct).contiguous();
+  const at::Tensor s = opt_contig(shortcut, ct), w = opt_contig(weight, ct), b = opt_contig(bias, ct);
+  const int64_t N = y.size(0), C = y.size(1), L = y.size(2) * y.size(3);
+  if (s.defined())
+    TORCH_CHECK(s.sizes() == y.sizes(), "agd::norm_act_residual: shortcut ", s.sizes(),
+                " must have y's shape ", y.sizes());
+  if (w.defined()) TORCH_CHECK(w.numel() == C, "agd::norm_act_residual: weight needs ", C, " values");
+  if (b.defined()) TORCH_CHECK(b.numel() == C, "agd::norm_act_residual: bias needs ", C, " values");
+  at::Tensor out = at::empty_like(y);
+  at::Tensor mean = at::empty({norm ? N : 0, norm ? C : 0}, y.options());
+  at::Tensor rstd = at::empty({norm ? N : 0, norm ? C : 0}, y.options());
+  if (y.numel() == 0) return {out.to(t), mean.to(t), rstd.to(t)};
+  AT_DISPATCH_FLOATING_TYPES(ct, "agd::norm_act_residual", [&] {
+    const scalar_t* yp = y.data_ptr<scalar_t>();
+    const scalar_t* sp = s.defined() ? s.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* wp = w.defined() ? w.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+    scalar_t* op = out.data_ptr<scalar_t>();
+    scalar_t* mp = norm ? mean.data_ptr<scalar_t>() : nullptr;
+    scalar_t* rp = norm ? rstd.data_ptr<scalar_t>() : nullptr;
+    const int64_t grain = std::max<int64_t>(1, 8192 / L);
+    at::parallel_for(0, N * C, grain, [&](int64_t beg, int64_t end) {
+      for (int64_t p = beg; p < end; ++p) {
+        const int64_t c = p % C;
+        scalar_t a = wp ? wp[c] : scalar_t(1);
+        scalar_t sh = bp ? bp[c] : scalar_t(0);
+        if (norm) {
+          scalar_t m, r;
+          plane_stats(yp + p * L, L, eps, m, r);
+          mp[p] = m;
+          rp[p] = r;
+          sh = sh - m * r * a;
+          a = a * r;
+        }
+        plane_apply(yp + p * L, sp ? sp + p * L : nullptr, op + p * L, L, a, sh, act,
+                    static_cast<scalar_t>(slope));
+      }
+    });
+  });
+  return {out.to(t), mean.to(t), rstd.to(t)};
+}
+
+template <typename T>
+AGD_BLOCK_CLONES void plane_backward(const T* __restrict g, const T* __restrict y,
+                                     const T* __restrict o, T* __restrict gy, T* __restrict gs,
+                                     int64_t L, bool norm, T m, T r, T wc, int64_t act, T slope,
+                                     double& sum_g, double& sum_gz) {
+  // pass 1: g_pre (into gs when there is a shortcut, else into gy as scratch), sums
+  T* gp = gs != nullptr ? gs : gy;
+  T acc_g = 0, acc_gz = 0;
+  for (int64_t i = 0; i < L; ++i) {
+    const T v = g[i] * activate_grad_from_out(o[i], act, slope);
+    gp[i] = v;
+    acc_g += v;
+    acc_gz += v * (norm ? (y[i] - m) * r : y[i]);
+  }
+  sum_g = static_cast<double>(acc_g);
+  sum_gz = static_cast<double>(acc_gz);
+  if (!norm) {
+    if (gp != gy)
+      for (int64_t i = 0; i < L; ++i) gy[i] = gp[i] * wc;
+    else
+      for (int64_t i = 0; i < L; ++i) gy[i] *= wc;
+    return;
+  }
+  // gz = g_pre * wc; mean(gz) = wc * sum_g / L; mean(gz * z) = wc * sum_gz / L
+  const T mg = static_cast<T>(static_cast<double>(wc) * sum_g / static_cast<double>(L));
+  const T mgz = static_cast<T>(static_cast<double>(wc) * sum_gz / static_cast<double>(L));
+  for (int64_t i = 0; i < L; ++i) {
+    const T z = (y[i] - m) * r;
+    gy[i] = r * (gp[i] * wc - mg - z * mgz);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_residual_backward_cpu(
+    const at::Tensor& grad_in, const at::Tensor& y_in, const at::Tensor& out_in,
+    const at::Tensor& mean_in, const at::Tensor& rstd_in, const c10::optional<at::Tensor>& weight,
+    bool norm, int64_t act, double slope, bool has_shortcut, bool has_bias) {
+  const auto t = y_in.scalar_type();
+  const auto ct = (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+  const at::Tensor g = grad_in.to(ct).contiguous(), y = y_in.to(ct).contiguous();
+  const at::Tensor o = out_in.to(ct).contiguous();
+  const at::Tensor mean = mean_in.to(ct).contiguous(), rstd = rstd_in.to(ct).contiguous();
+  const at::Tensor w = opt_contig(weight, ct);
+  const int64_t N = y.size(0), C = y.size(1), L = y.size(2) * y.size(3);
+  if (norm)
+    TORCH_CHECK(mean.numel() == N * C && rstd.numel() == N * C,
+                "agd::norm_act_residual_backward: mean/rstd must hold N*C values");
+  at::Tensor gy = at::empty_like(y);
+  at::Tensor gs = has_shortcut ? at::empty_like(y) : at::empty({0}, y.options());
+  at::Tensor sums = at::zeros({N, C, 2}, y.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(ct, "agd::norm_act_residual_backward", [&] {
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* yp = y.data_ptr<scalar_t>();
+    const scalar_t* opp = o.data_ptr<scalar_t>();
+    const scalar_t* mp = norm ? mean.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* rp = norm ? rstd.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* wp = w.defined() ? w.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gyp = gy.data_ptr<scalar_t>();
+    scalar_t* gsp = has_shortcut ? gs.data_ptr<scalar_t>() : nullptr;
+    double* sp = sums.data_ptr<double>();
+    const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(1, L));
+    at::parallel_for(0, N * C, grain, [&](int64_t beg, int64_t end) {
+      for (int64_t p = beg; p < end; ++p) {
+        const int64_t c = p % C;
+        plane_backward(gp + p * L, yp + p * L, opp + p * L, gyp + p * L,
+                       gsp ? gsp + p * L : nullptr, L, norm, mp ? mp[p] : scalar_t(0),
+                       rp ? rp[p] : scalar_t(1), wp ? wp[c] : scalar_t(1), act,
+                       static_cast<scalar_t>(slope), sp[2 * p], sp[2 * p + 1]);
+      }
+    });
+  });
+  const at::Tensor red = sums.sum(0);  // (C, 2)
+  at::Tensor gw = w.defined() ? red.select(1, 1).to(t) : at::empty({0}, y.options().dtype(t));
+  at::Tensor gb = has_bias ? red.select(1, 0).to(t) : at::empty({0}, y.options().dtype(t));
+  return {gy.to(t), gs.to(t), gw, gb};
+}
+
+}  // namespace
+}  // namespace agd
+
+TORCH_LIBRARY_IMPL(agd, CPU, m) {
+  m.impl("norm_act_residual", &agd::norm_act_residual_cpu);
+  m.impl("norm_act_residual_backward", &agd::norm_act_residual_backward_cpu);
+}

@@ -1,0 +1,66 @@
+"""Benchmarks of agd's block ops on CPU at batch 1 with real derived-genotype shapes: the fused
+DwsBlock (translation body 128 -> 128 at 64x64 with instance norm and reflect padding; SR cell layer
+40 -> 40 at 64x64 without norm) and whole example students (translation at 256x256, SR x4 at a
+64x64 LR input), each against the standard-op module in PyTorch eager (oneDNN).
+
+pytest runs these once as plain tests (``--benchmark-disable`` in pyproject), checking that the agd
+output matches eager; measure with ``pytest tests/benchmarks/test_bench_csrc.py --benchmark-enable
+--benchmark-only``. The complete suite (also dwconv3x3, the epilogue and torch.compile) is
+``agd.commands.bench_csrc.run_csrc_suite``; figures go to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from agd import ops
+from agd.space import Genotype, derive
+from agd.space.blocks import DwsBlock, Style
+from agd.space.fast import FastDwsBlock, convert
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture(scope="module")
+def cpp() -> None:
+    backend, why = ops.blocks_backend("cpu")
+    if backend != "cpp":
+        pytest.skip(f"C++ ops unavailable: {why}")
+
+
+DWS = {
+    "translation 128->128": (128, 128, Style("instance", False, "relu", "reflect", False)),
+    "sr 40->40": (40, 40, Style("none", False, "lrelu", "zeros", False)),
+}
+
+
+@pytest.mark.parametrize("impl", ["eager", "agd"])
+@pytest.mark.parametrize("case", list(DWS))
+def test_dws_block(benchmark, cpp, case, impl):
+    cin, cout, style = DWS[case]
+    torch.manual_seed(0)
+    blk = DwsBlock(cin, cout, style).eval()
+    m = blk if impl == "eager" else FastDwsBlock(blk, "cpp")
+    x = torch.randn(1, cin, 64, 64)
+    with torch.no_grad():
+        out = benchmark(m, x)
+        torch.testing.assert_close(out, blk(x), rtol=1e-4, atol=1e-4)
+
+
+STUDENTS = {"translation_r9_small": 256, "sr_x4_small": 64}
+
+
+@pytest.mark.parametrize("impl", ["eager", "agd"])
+@pytest.mark.parametrize("name", list(STUDENTS))
+def test_student(benchmark, cpp, name, impl):
+    torch.manual_seed(0)
+    net = derive(Genotype.load(EXAMPLES / f"{name}.json")).eval()
+    m = net if impl == "eager" else convert(net, "cpp")
+    x = torch.rand(1, 3, STUDENTS[name], STUDENTS[name])
+    with torch.no_grad():
+        out = benchmark.pedantic(m, args=(x,), rounds=5, warmup_rounds=1)
+        if impl == "agd":
+            assert (out - net(x)).abs().max().item() <= 1e-4

@@ -1,0 +1,43 @@
+"""Deployment benchmark (``agd bench-deploy``): a real derived student of each space at batch 1 on this
+CPU through PyTorch eager, torch.compile, ONNX Runtime, TVM untuned and TVM tuned.
+
+As a plain test (``--benchmark-disable``, the default) it runs a tiny derived network with every
+backend but torch.compile and tuning, to check the pipeline (torch.compile's first compile alone takes tens of seconds here). Measure with
+``pytest tests/benchmarks/test_bench_deploy.py --benchmark-enable -s``: the two examples/ students at
+their reference size; ``AGD_BENCH_TRIALS=N`` tunes each with N MetaSchedule trials into
+``AGD_BENCH_DB`` (default tvm-db/x86) first. Figures go to BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tvm", reason="apache-tvm is not installed")
+
+from agd.commands.bench_deploy import DEFAULT_STUDENTS, bench_deploy  # noqa: E402
+from agd.space import SearchSpace, get_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_deploy(request, tmp_path):
+    full = not request.config.getoption("benchmark_disable", default=True)
+    if full:
+        paths = [REPO / p for p in DEFAULT_STUDENTS]
+        trials = int(os.environ.get("AGD_BENCH_TRIALS", "0"))
+        db = Path(os.environ.get("AGD_BENCH_DB", "tvm-db/x86"))
+        res = bench_deploy(paths, None, trials, db, repeats=10, threads=None, progress=print)
+        print(json.dumps(res, indent=1))
+    else:
+        g = SearchSpace(get_config("translation-tiny")).random_genotype(random.Random(0))
+        paths = [g.save(tmp_path / "tiny.json")]
+        res = bench_deploy(paths, (32, 32), 0, tmp_path / "db", repeats=2, threads=None,
+                           backends=("eager", "onnxruntime", "tvm-untuned"))
+    for s in res["students"]:
+        by = {r["backend"]: r for r in s["rows"]}
+        assert by["eager"]["ok"] and by["onnxruntime"]["ok"] and by["tvm-untuned"]["ok"]
+        assert by["tvm-untuned"]["max_abs_error"] < 1e-3 and by["onnxruntime"]["max_abs_error"] < 1e-3

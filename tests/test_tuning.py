@@ -1,0 +1,328 @@
+"""agd.tuning: TVM compile (x86 real, arm64 cross-compiled, CUDA codegen only), numerical check before
+any artifact, latency tables, side-by-side latency, bad input (unsupported operator, invalid target,
+unreachable RPC tracker, killed tuning). Tiny networks and very few trials keep this file fast; real
+tuning runs are in tests/benchmarks/test_bench_deploy.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("tvm", reason="apache-tvm is not installed")
+
+from agd.io import AgdError  # noqa: E402
+from agd.space import SearchSpace, Supernet, get_config  # noqa: E402
+from agd.tuning.artifact import CompileConfig, compile_genotype, compile_model, load_artifact  # noqa: E402
+from agd.tuning.targets import TargetSpec, resolve_target  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def x86():
+    return resolve_target("x86")
+
+
+def _genotype(tmp_path: Path, preset: str = "translation-tiny", seed: int = 1) -> Path:
+    g = SearchSpace(get_config(preset)).random_genotype(random.Random(seed))
+    return g.save(tmp_path / f"{preset}.json")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------ targets
+def test_unknown_target_lists_valid_forms():
+    with pytest.raises(AgdError, match=r"x86, arm64, cuda or rpc://HOST:PORT/KEY"):
+        resolve_target("riscv")
+    with pytest.raises(AgdError, match="expected rpc://HOST:PORT/KEY"):
+        resolve_target("rpc://nohostport")
+
+
+def test_target_tvm_rejects_is_explained():
+    from agd.tuning.build import tvm_target
+
+    with pytest.raises(AgdError, match="TVM rejects .*valid forms: x86, arm64, cuda, rpc://"):
+        tvm_target(TargetSpec("bogus", {"kind": "no-such-kind"}))
+
+
+def test_x86_target_has_cpu_and_cores(x86):
+    assert x86.tvm_target["kind"] == "llvm" and x86.tvm_target["mcpu"] and x86.tvm_target["num-cores"] >= 1
+
+
+# ------------------------------------------------------------------------------------------ compile
+def test_compile_writes_checked_artifact_that_runs(tmp_path, x86):
+    gpath = _genotype(tmp_path)
+    out = tmp_path / "art"
+    m = compile_genotype(gpath, x86, out, CompileConfig(size=(24, 20)))
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.so", "params.bin"]
+    man = json.loads((out / "manifest.json").read_text())
+    assert man == json.loads(json.dumps(m))
+    assert man["input_shape"] == [1, 3, 24, 20] and man["output_shape"] == [1, 3, 24, 20]
+    assert man["target"]["name"] == "x86" and man["latency_ms"] > 0
+    assert man["max_abs_error"] <= 1e-4 and "random init" in man["weights"]["note"]
+    assert man["tuning"]["tuned"] is False and man["tuning"]["database_digest"] is None
+    # the artifact alone reproduces the generator
+    from agd.space import Genotype
+    from agd.tuning.artifact import load_generator
+
+    model = load_generator(Genotype.load(gpath), None)
+    x = torch.rand(1, 3, 24, 20) * 2 - 1
+    _, run = load_artifact(out)
+    np.testing.assert_allclose(run(x.numpy()), model(x).detach().numpy(), atol=1e-4)
+
+
+def test_compile_with_weights_records_them(tmp_path, x86):
+    from agd.space import Genotype, derive
+
+    gpath = _genotype(tmp_path, "sr-tiny", seed=3)
+    torch.manual_seed(42)
+    model = derive(Genotype.load(gpath))
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    man = compile_genotype(gpath, x86, tmp_path / "a", CompileConfig(), weights=tmp_path / "w.pt")
+    assert man["weights"]["sha256"] and man["input_shape"] == [1, 3, 12, 12] and man["output_shape"] == [1, 3, 48, 48]
+    with pytest.raises(AgdError, match="do not fit this genotype"):
+        other = _genotype(tmp_path, "sr-tiny", seed=4)
+        torch.save({"layers.0.conv.weight": torch.zeros(1)}, tmp_path / "bad.pt")
+        compile_genotype(other, x86, tmp_path / "b", CompileConfig(), weights=tmp_path / "bad.pt")
+
+
+def test_failed_numerical_check_writes_nothing(tmp_path, x86, monkeypatch):
+    from agd.tuning import measure
+
+    real = measure.CompiledModel.__call__
+    monkeypatch.setattr(measure.CompiledModel, "__call__", lambda self, x: real(self, x) + 1e-2)
+    with pytest.raises(AgdError, match=r"numerical check failed .* no artifact written"):
+        compile_genotype(_genotype(tmp_path), x86, tmp_path / "art", CompileConfig())
+    assert not (tmp_path / "art").exists() and not any(p.name.startswith(".art") for p in tmp_path.iterdir())
+
+
+class _Unfolds(nn.Module):
+    def forward(self, x):
+        return nn.functional.unfold(x, 3).view(x.shape[0], -1, x.shape[2] - 2, x.shape[3] - 2)
+
+
+def test_unsupported_operator_names_op_and_layer(x86):
+    model = nn.Module()
+    model.layers = nn.ModuleList([nn.Conv2d(3, 3, 1), _Unfolds()])
+    model.forward = lambda x: model.layers[1](model.layers[0](x))
+    net = nn.Sequential()
+    net.layers = model.layers
+    net.forward = model.forward
+    with pytest.raises(AgdError, match=r"im2col.* in layer layer2 \(layers\.1\), a _Unfolds"):
+        compile_model(net, x86, (1, 3, 9, 9), CompileConfig(), {"layers.0": "layer1", "layers.1": "layer2"})
+
+
+def test_arm64_cross_compiles_to_aarch64_elf(tmp_path):
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("aarch64-linux-gnu-g++ absent (apt-get install g++-aarch64-linux-gnu; .ci/run installs it)")
+    from agd.tuning.build import build, export_library
+    from agd.tuning.export import to_relax
+
+    spec = resolve_target("arm64")
+    prog = to_relax(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).eval(), torch.rand(1, 3, 8, 8))
+    lib = export_library(build(prog.mod, spec), spec, tmp_path / "m.so")
+    head = lib.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
+    with pytest.raises(AgdError, match="needs an aarch64 device; give it as rpc://"):
+        compile_model(nn.Conv2d(3, 3, 1), spec, (1, 3, 4, 4), CompileConfig())
+
+
+def test_arm64_runs_through_rpc_under_qemu(tmp_path):
+    url = os.environ.get("AGD_TEST_ARM64_RPC")
+    if not url:
+        pytest.skip("no aarch64 RPC device: set AGD_TEST_ARM64_RPC=rpc://HOST:PORT/KEY to a tracker with an "
+                    "aarch64 TVM RPC server (e.g. one under qemu-aarch64); agd does not launch one itself")
+    spec = resolve_target(url)
+    res = compile_model(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), spec, (1, 3, 8, 8),
+                        CompileConfig(emulated=True))
+    assert res["max_abs_error"] <= 1e-4 and res["emulated"]
+
+
+def test_cuda_codegen_builds_without_a_gpu(tmp_path):
+    from agd.tuning.build import build, export_library
+    from agd.tuning.export import to_relax
+
+    spec = resolve_target("cuda", cuda_arch="sm_90")
+    prog = to_relax(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.InstanceNorm2d(4), nn.ReLU()).eval(),
+                    torch.rand(1, 3, 8, 8))
+    ex = build(prog.mod, spec)
+    lib = export_library(ex, spec, tmp_path / "m.so")
+    assert b"__global__" in lib.read_bytes()  # the CUDA kernels' source is embedded, compiled on load
+
+
+# ------------------------------------------------------------------------------------------ RPC
+def test_unreachable_rpc_tracker_times_out_clearly():
+    from agd.tuning.measure import rpc_session
+
+    spec = resolve_target(f"rpc://127.0.0.1:{_free_port()}/rk3399")
+    t0 = time.perf_counter()
+    with pytest.raises(AgdError, match=r"RPC tracker 127\.0\.0\.1:\d+ unreachable within 2 s"):
+        rpc_session(spec, timeout_s=2)
+    assert time.perf_counter() - t0 < 5
+    with socket.socket() as silent:  # accepts connections (backlog) but never answers the handshake
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        t0 = time.perf_counter()
+        with pytest.raises(AgdError, match=rf"RPC tracker 127\.0\.0\.1:{port} did not answer within 0.5 s \(timed out\)"):
+            rpc_session(resolve_target(f"rpc://127.0.0.1:{port}/pi"), timeout_s=0.5)
+        assert time.perf_counter() - t0 < 3
+
+
+def test_x86_runs_through_local_rpc_tracker(x86):
+    from tvm.rpc.server import Server
+    from tvm.rpc.tracker import Tracker
+
+    tport = _free_port()
+    tracker = Tracker("127.0.0.1", port=tport, port_end=tport + 1, silent=True)
+    server = Server("127.0.0.1", port=_free_port(), port_end=65000, key="local-x86",
+                        tracker_addr=("127.0.0.1", tracker.port), silent=True)
+    try:
+        time.sleep(1.0)  # the server registers with the tracker
+        spec = TargetSpec("rpc-x86", x86.tvm_target, rpc=("127.0.0.1", tracker.port, "local-x86"))
+        res = compile_model(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), spec, (1, 3, 8, 8),
+                            CompileConfig())
+        assert res["max_abs_error"] <= 1e-4 and res["latency"]["median_ms"] > 0
+    finally:
+        server.terminate()
+        tracker.terminate()
+
+
+# ------------------------------------------------------------------------------------------ latency table
+def _small_space():
+    return SearchSpace(get_config("sr-tiny", ops=("conv1x1", "conv3x3", "identity"), layers_per_cell=2, scale=2,
+                                  reference_size=(8, 8)))
+
+
+def test_latency_table_resumable_and_shaped_like_macs(tmp_path, x86):
+    from agd.tuning.latency_table import LatencyTable, TableBuildConfig, build_table
+
+    space = _small_space()
+    path = tmp_path / "lt.json"
+    table = LatencyTable("x86", x86.tvm_target)
+    with pytest.raises(AgdError, match="not measured"):
+        table.tables(space)
+    cfg = TableBuildConfig(overhead_networks=2)
+    build_table(table, space, x86, None, cfg, path=path, limit=3)  # an interrupted build
+    part = LatencyTable.load(path)
+    assert len(part.entries) == 3 and not part.overheads
+    n_missing = len(part.missing(space))
+    build_table(part, space, x86, None, cfg, path=path)  # resumes: measures only what is missing
+    table = LatencyTable.load(path)
+    assert len(table.entries) == 3 + n_missing - sum(c[2] == "identity" for c in part.missing(space))
+    assert len(table.provenance["runs"]) == 2
+    tables = table.tables(space)
+    macs = space.macs_tables()
+    assert [t.shape for t in tables] == [m.shape for m in macs]
+    for t, m in zip(tables, macs):
+        assert torch.equal(t.isnan(), m.isnan()) and (t.nan_to_num(1.0) >= 0).all()
+    # differentiable expected latency
+    sn = Supernet(space)
+    exp, _ = sn.expected_cost([t.nan_to_num(0.0) for t in tables])
+    (exp + table.overhead_ms).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in sn.arch_parameters())
+    g = space.random_genotype(random.Random(0))
+    assert table.predict(g) == pytest.approx(table.operator_sum(g) + table.overhead(space))
+    # one-hot choice reproduces the genotype's operator sum
+    sn.fix(g)
+    assert float(sn.expected_cost([t.nan_to_num(0.0) for t in tables])[0]) == pytest.approx(table.operator_sum(g))
+
+
+def test_latency_table_rejects_corrupt_file(tmp_path):
+    from agd.tuning.latency_table import LatencyTable
+
+    (tmp_path / "t.json").write_text(json.dumps({"format": "agd-latency-table", "version": 1, "target": "x86",
+                                                 "tvm_target": {}, "entries": {"k": -1}}))
+    with pytest.raises(AgdError, match="entry k is not a non-negative number"):
+        LatencyTable.load(tmp_path / "t.json")
+    (tmp_path / "u.json").write_text("{}")
+    with pytest.raises(AgdError, match="not an agd latency table"):
+        LatencyTable.load(tmp_path / "u.json")
+
+
+# ------------------------------------------------------------------------------------------ compare
+def test_compare_side_by_side_reports_every_backend(x86):
+    from agd.tuning.compare import CompareConfig, compare
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.InstanceNorm2d(8), nn.ReLU(), nn.Conv2d(8, 3, 1))
+    rows = compare(model, torch.rand(1, 3, 16, 16), x86,
+                   CompareConfig(backends=("eager", "onnxruntime", "tvm-untuned", "tvm-tuned", "nope"), repeats=2,
+                                 warmup=1))
+    by = {r["backend"]: r for r in rows}
+    assert by["eager"]["ok"] and by["eager"]["max_abs_error"] == 0
+    assert by["onnxruntime"]["ok"] and by["onnxruntime"]["max_abs_error"] < 1e-4
+    assert by["tvm-untuned"]["ok"] and by["tvm-untuned"]["max_abs_error"] < 1e-4
+    assert not by["tvm-tuned"]["ok"] and "database" in by["tvm-tuned"]["note"]
+    assert not by["nope"]["ok"] and "unknown backend" in by["nope"]["note"]
+
+
+# ------------------------------------------------------------------------------------------ tuning
+_TUNE_SCRIPT = """
+import sys, torch
+from torch import nn
+from agd.tuning.export import to_relax
+from agd.tuning.targets import resolve_target
+from agd.tuning.tune import TuneConfig, tune
+torch.manual_seed(0)
+m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
+prog = to_relax(m.eval(), torch.rand(1, 3, 16, 16))
+tune(prog.mod, resolve_target("x86"), sys.argv[1], TuneConfig(trials=2, trials_per_iter=1, population=8))
+"""
+
+
+@pytest.mark.slow  # 30-60 s idle, 2-3 min on a loaded 2-core machine: three TVM imports and two tuned tasks
+def test_killed_tuning_resumes_from_database_and_tuned_build_matches(tmp_path, x86):
+    from agd.tuning.tune import TuneConfig, database_records, tune
+
+    db = tmp_path / "db"
+    proc = subprocess.Popen([sys.executable, "-c", _TUNE_SCRIPT, str(db)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while database_records(db) == 0 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # killed mid-way: after its first task's records
+        proc.wait()
+    killed_with = database_records(db)
+    assert killed_with >= 1
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
+    from agd.tuning.export import to_relax
+
+    prog = to_relax(m.eval(), torch.rand(1, 3, 16, 16))
+    rep = tune(prog.mod, x86, db, TuneConfig(trials=2, trials_per_iter=1, population=8))
+    assert rep.records_before == killed_with and rep.tasks_reused >= 1 and rep.tasks_reused + rep.tasks_tuned == rep.tasks
+    assert rep.records_after > rep.records_before
+    again = tune(prog.mod, x86, db, TuneConfig(trials=2, trials_per_iter=1, population=8))
+    assert again.tasks_tuned == 0 and again.records_after == rep.records_after  # nothing left to tune
+    res = compile_model(m, x86, (1, 3, 16, 16), CompileConfig(database=db))
+    assert res["tuned"] and res["max_abs_error"] <= 1e-4
+
+
+def test_cli_compile_and_bad_target(tmp_path, capsys):
+    from agd.cli import main
+
+    gpath = _genotype(tmp_path, "sr-tiny", seed=5)
+    with pytest.raises(SystemExit) as e:
+        main(["compile", str(gpath), "--target", "x86-64", "--output", str(tmp_path / "o")])
+    assert e.value.code == 2 and "unknown target 'x86-64'" in capsys.readouterr().err
+    main(["compile", str(gpath), "--target", "x86", "--output", str(tmp_path / "o"), "--database", str(tmp_path / "db")])
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "o" / "manifest.json").is_file()

@@ -1,0 +1,135 @@
+"""Side-by-side latency of one generator on this machine: PyTorch eager, torch.compile, ONNX Runtime,
+TVM untuned and TVM tuned. Every backend's output is checked against eager PyTorch; a backend that is
+missing or fails is reported with the reason, never silently dropped."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+BACKENDS = ("eager", "torch.compile", "onnxruntime", "tvm-untuned", "tvm-tuned")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    backends: tuple[str, ...] = BACKENDS
+    trials: int = 0  # tvm-tuned: MetaSchedule trials (0: use the database as it is)
+    database: Path | None = None
+    repeats: int = 10  # timed calls per backend (median reported), after warmup
+    warmup: int = 3
+    threads: int | None = None  # torch / ORT intra-op threads (None: library default)
+    tune_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _time(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(ts), "min_ms": min(ts), "repeats": repeats}
+
+
+def _ort_session(model: torch.nn.Module, x: torch.Tensor, threads: int | None):
+    import onnxruntime as ort
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # the TorchScript-based exporter: the dynamo one needs onnxscript, which agd does not pin
+        torch.onnx.export(model, (x,), buf, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+
+
+def compare(model: torch.nn.Module, x: torch.Tensor, spec: Any, config: CompareConfig = CompareConfig(),
+            progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """One row per backend: ``{"backend", "ok", "median_ms", "min_ms", "max_abs_error", "note"}``."""
+    model = model.eval()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    with torch.no_grad():
+        ref = model(x).numpy().astype(np.float64)
+    xn = x.numpy()
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, run: Callable[[], np.ndarray] | None, note: str = "", setup_s: float = 0.0) -> None:
+        if run is None:
+            rows.append({"backend": name, "ok": False, "note": note})
+        else:
+            err = float(np.abs(np.asarray(run(), dtype=np.float64) - ref).max())
+            rows.append({"backend": name, "ok": True, **_time(run, config.repeats, config.warmup),
+                         "max_abs_error": err, "setup_s": setup_s, "note": note})
+        if progress:
+            r = rows[-1]
+            progress(f"{name}: " + (f"{r['median_ms']:.3f} ms" if r["ok"] else f"unavailable ({note})"))
+
+    for name in config.backends:
+        t0 = time.perf_counter()
+        try:
+            if name == "eager":
+                def run_eager():
+                    with torch.no_grad():
+                        return model(x).numpy()
+                add(name, run_eager)
+            elif name == "torch.compile":
+                cm = torch.compile(model)
+                with torch.no_grad():
+                    cm(x)  # compile outside the timing
+
+                def run_compiled():
+                    with torch.no_grad():
+                        return cm(x).numpy()
+                add(name, run_compiled, "inductor, default mode", time.perf_counter() - t0)
+            elif name == "onnxruntime":
+                sess = _ort_session(model, x, config.threads)
+                import onnxruntime as ort
+
+                add(name, lambda: sess.run(None, {"x": xn})[0], f"onnxruntime {ort.__version__}, CPU EP, ORT_ENABLE_ALL",
+                    time.perf_counter() - t0)
+            elif name in ("tvm-untuned", "tvm-tuned"):
+                from agd.tuning.build import build
+                from agd.tuning.export import to_relax
+                from agd.tuning.measure import CompiledModel
+                from agd.tuning.tune import TuneConfig, database_records, tune
+
+                prog = to_relax(model, x)
+                note = ""
+                db = None
+                if name == "tvm-tuned":
+                    if config.database is None:
+                        add(name, None, "no tuning database given (--database)")
+                        continue
+                    if config.trials > 0:
+                        rep = tune(prog.mod, spec, config.database, TuneConfig(trials=config.trials, **config.tune_kwargs))
+                        note = (f"{config.trials} trials requested, {rep.tasks} tasks ({rep.tasks_reused} reused), "
+                                f"tuned in {rep.seconds:.0f} s; ")
+                    if database_records(config.database) == 0:
+                        add(name, None, f"database {config.database} holds no records")
+                        continue
+                    db = config.database
+                    note += f"database {db} ({database_records(db)} records)"
+                ex = build(prog.mod, spec, db)
+                cmod = CompiledModel(ex, prog.params, spec)
+                add(name, lambda: cmod(xn), note, time.perf_counter() - t0)
+            else:
+                add(name, None, f"unknown backend (known: {', '.join(BACKENDS)})")
+        except ImportError as e:
+            add(name, None, f"not installed ({e.name})")
+        except Exception as e:  # report, keep comparing the others
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            add(name, None, f"failed: {first[:200]}")
+    return rows

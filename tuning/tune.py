@@ -1,0 +1,125 @@
+"""MetaSchedule tuning with a persistent JSON database per target.
+
+The database (``database_workload.json`` + ``database_tuning_record.json`` in the work dir) is appended
+record by record as candidates are measured, so a killed run loses at most the batch in flight; the next
+run skips every workload that already has ``trials`` records (or more) and warm-starts the rest from the
+records there. Workloads shared with an earlier architecture (same operator, shapes, target) are
+therefore tuned once.
+
+Builds run in worker processes with :func:`build_candidate`, which avoids TVM's default builder's
+``import tvm.s_tir.tensor_intrin`` (30-48 s per worker here, more than the default build timeout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agd.tuning.build import fused_module, tvm_target
+from agd.tuning.targets import TargetSpec
+
+DB_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    trials: int = 64  # budget for this model, split evenly over its tuned tasks
+    trials_per_iter: int = 16
+    runner_timeout_s: float = 8.0  # short: legalized instance_norm yields pathologically slow candidates
+    builder_timeout_s: float = 120.0
+    seed: int = 0
+    population: int = 128  # evolutionary search population (MetaSchedule's default 512 is slow on 2 cores)
+    # tuned workloads: those whose task name contains one of these (the convolutions); the rest (norms,
+    # pads, reshapes) keep default schedules; legalized instance_norm candidates are pathologically slow
+    task_filter: tuple[str, ...] = ("conv",)
+
+
+@dataclass
+class TuneReport:
+    tasks: int
+    tasks_tuned: int  # tasks that needed tuning this run
+    tasks_reused: int  # tasks already tuned in the database (earlier architecture or interrupted run)
+    records_before: int
+    records_after: int
+    seconds: float
+    database_digest: str
+
+
+def build_candidate(mod: Any, target: Any, _params: Any) -> Any:
+    """MetaSchedule builder function: TVM's default build without importing ``tvm.s_tir.tensor_intrin``."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def database_records(work_dir: str | Path) -> int:
+    p = Path(work_dir) / DB_FILES[1]
+    if not p.is_file():
+        return 0
+    with open(p, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def database_digest(work_dir: str | Path) -> str:
+    """sha256 over both database files (empty files if absent)."""
+    h = hashlib.sha256()
+    for name in DB_FILES:
+        p = Path(work_dir) / name
+        h.update(name.encode())
+        h.update(p.read_bytes() if p.is_file() else b"")
+    return h.hexdigest()
+
+
+def _records_per_workload(db: Any, tasks: list[Any]) -> list[int]:
+    counts = []
+    for t in tasks:
+        mod = t.dispatched[0]
+        if not db.has_workload(mod):
+            counts.append(0)
+            continue
+        wl = db.commit_workload(mod)
+        counts.append(len(db.get_top_k(wl, 1 << 20)))
+    return counts
+
+
+def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = TuneConfig(),
+         runner: Any = None) -> TuneReport:
+    """Tune the Relax module's fused workloads for ``spec`` into the database in ``work_dir``.
+
+    ``runner`` defaults to a local runner (the build machine is the target); for RPC targets pass
+    :func:`agd.tuning.measure.rpc_runner`'s result."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
+
+    t0 = time.perf_counter()
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    target = tvm_target(spec)
+    fused = fused_module(mod, target)
+    tasks = [t for t in extract_tasks(fused, target)
+             if any(k in t.task_name for k in config.task_filter)]
+    db = ms.database.JSONDatabase(work_dir=str(work_dir))
+    before = database_records(work_dir)
+    per_task = max(1, config.trials // max(1, len(tasks)))
+    counts = _records_per_workload(db, tasks)
+    todo = [t for t, n in zip(tasks, counts) if n < per_task] if config.trials > 0 else []
+    runner = runner or ms.runner.LocalRunner(timeout_sec=config.runner_timeout_s)
+    builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=config.builder_timeout_s)
+    # one task per tune_tasks call: MetaSchedule commits a task's records to the database when it joins
+    # that task's measurements, so this bounds what a killed run loses to the task in flight
+    for k, task in enumerate(todo):
+        strategy = ms.search_strategy.EvolutionarySearch(population_size=config.population,
+                                                         init_min_unmeasured=min(50, config.population // 2))
+        contexts, weights = extracted_tasks_to_tune_contexts([task], work_dir=str(work_dir), strategy=strategy,
+                                                             seed=config.seed + k)
+        ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+                           max_trials_global=per_task, max_trials_per_task=per_task,
+                           num_trials_per_iter=min(config.trials_per_iter, per_task),
+                           builder=builder, runner=runner, database=db)
+    return TuneReport(len(tasks), len(todo), len(tasks) - len(todo), before,
+                      database_records(work_dir), time.perf_counter() - t0, database_digest(work_dir))
