@@ -3,12 +3,13 @@
 ```
 RUN/
   config.yaml        resolved configuration (every default written out), what the run was asked to do
-  checkpoint.pt      latest state (weights, optimisers, RNG, history), torch.save of plain data:
-                     loads with torch.load(weights_only=True); replaced atomically
+  checkpoint.safetensors  latest state (weights, optimisers, RNG, history): every tensor in safetensors,
+                     everything else as JSON in its metadata, so one file is replaced atomically and
+                     loading it runs no code
   metrics.jsonl      one JSON record per step
   ...                the command's results (genotype.json, *.safetensors, history.json, plots/, report.md)
 ```
-``--resume`` continues from ``checkpoint.pt``; records of ``metrics.jsonl`` past the checkpoint are
+``--resume`` continues from ``checkpoint.safetensors``; records of ``metrics.jsonl`` past the checkpoint are
 dropped so a resumed run's log equals an uninterrupted one's.
 """
 
@@ -21,7 +22,62 @@ from typing import Any
 
 import yaml
 
-from agd.io import AgdError, atomic_write_text, load_checkpoint, save_checkpoint
+import torch
+
+from agd.io import AgdError, atomic_path, atomic_write_text
+
+
+def _flatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Nested dicts/lists/tuples of tensors and JSON values → JSON with tensor references."""
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj.detach().to("cpu").contiguous().clone()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if not all(isinstance(k, (str, int)) for k in obj):
+            raise TypeError("checkpoint: dict keys must be str or int")
+        return {"__dict__": [[k, _flatten(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(v, tensors) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"checkpoint: cannot store a {type(obj).__name__}")
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        return {k: _unflatten(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    return obj
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """One safetensors file: the tensors, and the rest of ``state`` as JSON metadata; atomic."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    structure = json.dumps(_flatten(state, tensors))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "agd-checkpoint", "version": "1", "state": structure})
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "agd-checkpoint":
+                raise AgdError(f"checkpoint {path}: not an agd checkpoint")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except AgdError:
+        raise
+    except Exception as e:  # truncated or damaged file
+        raise AgdError(f"checkpoint {path}: cannot be read ({e})") from None
+    return _unflatten(json.loads(meta["state"]), tensors)
 
 
 @dataclass
@@ -47,7 +103,7 @@ class RunDir:
 
     @property
     def checkpoint(self) -> Path:
-        return self.path / "checkpoint.pt"
+        return self.path / "checkpoint.safetensors"
 
     @property
     def metrics(self) -> Path:

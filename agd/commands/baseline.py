@@ -69,7 +69,7 @@ def run_baseline_job(searched: Path, *, teacher_spec: str, images: Path | None, 
         console.rule(name)
         gpath = gen.save(out / name / "genotype.json")
         run_train_job(gpath, teacher_spec=teacher_spec, images=images, out=out / name / "train", preset=preset,
-                      device=device, resume=(out / name / "train" / "checkpoint.pt").is_file(), quiet=quiet,
+                      device=device, resume=(out / name / "train" / "checkpoint.safetensors").is_file(), quiet=quiet,
                       overrides=train_overrides)
         ev = run_eval_job(gpath, out / name / "train" / "student.safetensors", teacher_spec=teacher_spec, images=images,
                           out=out / name / "eval", device=device, quiet=True)

@@ -108,12 +108,12 @@ def run_compress_job(*, teacher_spec: str, images: Path | None, out: Path, prese
     console.rule("1/3 search")
     if not (resume and (search_dir / "genotype.json").is_file()):
         run_search_job(SearchJob(teacher=teacher_spec, images=images, out=search_dir, preset=preset, macs=macs,
-                                 ratio=ratio, device=device, resume=resume and (search_dir / "checkpoint.pt").is_file(),
+                                 ratio=ratio, device=device, resume=resume and (search_dir / "checkpoint.safetensors").is_file(),
                                  vgg_weights=vgg_weights, quiet=quiet, overrides=search_overrides))
     console.rule("2/3 train")
     if not (resume and (train_dir / "student.safetensors").is_file()):
         run_train_job(search_dir / "genotype.json", teacher_spec=teacher_spec, images=images, out=train_dir, preset=preset,
-                      device=device, resume=resume and (train_dir / "checkpoint.pt").is_file(),
+                      device=device, resume=resume and (train_dir / "checkpoint.safetensors").is_file(),
                       inherit=search_dir / "supernet.safetensors", vgg_weights=vgg_weights, quiet=quiet,
                       overrides=train_overrides)
     console.rule("3/3 eval")

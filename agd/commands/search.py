@@ -90,8 +90,9 @@ def run_search_job(job: SearchJob):
     images = D.load_images(job.images)
     console = _console(job.quiet)
     console.print(f"teacher {teacher.info.name}: preparing {len(images)} images (teacher outputs are cached)", highlight=False)
-    items = D.prepare(images, teacher, cache_dir=job.out.parent / ".teacher-cache", max_side=cfg.max_side,
-                      device=device)
+    with console.status("teacher pass") as status:
+        items = D.prepare(images, teacher, cache_dir=job.out.parent / ".teacher-cache", max_side=cfg.max_side,
+                          device=device, on_image=lambda name: status.update(f"teacher pass: {name} (cached after the first run)"))
     loss = make_loss(cfg.loss, teacher, job.vgg_weights, device)
     if not job.resume:
         run.write_config({"command": "search", "teacher": {"spec": job.teacher, "identity": teacher.identity},
