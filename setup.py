@@ -31,6 +31,8 @@ PACKAGES = [
     "agd.metrics",
     "agd.cost",
     "agd.space",
+    "agd.search",
+    "agd.distill",
     "agd.commands",
     "agd.kernels",
     "agd.tuning",

@@ -83,6 +83,7 @@ def all_backends() -> list[BackendStatus]:
     out = [cuda_device_status(), kernels.triton_status()]
     ok, why = ops.cpp_status()
     out.append(BackendStatus("C++ CPU ops", ok, why))
+    out.append(ops.mixed_epilogue_status())
     out.append(cuda_ops_status())
     out.extend(tuning.target_status(name) for name in tuning.TARGETS)
     return out

@@ -32,6 +32,20 @@ app.add_typer(arch_app, name="arch")
 # Command groups defined in their own modules (agd/commands/*.py, each exposing a typer app; keep heavy
 # imports inside the command functions so `agd --help` stays fast). One registration line per group:
 # -- registered command groups --
+from agd.commands.bench import bench_app  # noqa: E402
+app.add_typer(bench_app, name="bench")
+from agd.commands.compress_cli import baseline_cmd, compress_cmd, eval_cmd, search_cmd, train_cmd  # noqa: E402
+app.command("baseline")(baseline_cmd)
+app.command("search")(search_cmd)
+app.command("train")(train_cmd)
+app.command("eval")(eval_cmd)
+app.command("compress")(compress_cmd)
+from agd.commands.tvm import compile_cmd, latency_app, latency_table_app  # noqa: E402
+app.command("compile")(compile_cmd)
+app.add_typer(latency_app, name="latency")
+app.add_typer(latency_table_app, name="latency-table")
+from agd.commands.bench_deploy import bench_deploy_cmd  # noqa: E402
+app.command("bench-deploy")(bench_deploy_cmd)
 
 
 def _size(size: Optional[str]) -> Optional[tuple[int, int]]:

@@ -60,6 +60,20 @@ def make_act(style: Style) -> nn.Module:
             "tanh": nn.Tanh, "none": nn.Identity}[style.act]()
 
 
+@dataclass
+class EpilogueParts:
+    """A block's output before its epilogue: ``act(norm(z) + shortcut)`` equals its ``forward``.
+
+    ``norm`` is the block's last norm module (ElasticInstanceNorm2d) or None; ``act`` its last activation
+    module. ``z`` may have more or fewer channels than the output only for Identity (truncate / zero-pad).
+    The supernet hands these to a fused epilogue (agd.ops.mixed_epilogue) instead of running ``forward``."""
+
+    z: torch.Tensor
+    shortcut: torch.Tensor | None
+    norm: nn.Module | None
+    act: nn.Module
+
+
 def conv_out(n: int, k: int, stride: int, padding: int, dilation: int = 1) -> int:
     return (n + 2 * padding - dilation * (k - 1) - 1) // stride + 1
 
@@ -89,6 +103,10 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x: torch.Tensor, out: int | None = None) -> torch.Tensor:
         return self.act(self.norm(self.conv(x, out)))
+
+    def epilogue_parts(self, x: torch.Tensor, out: int | None = None) -> EpilogueParts:
+        norm = self.norm if isinstance(self.norm, ElasticInstanceNorm2d) else None
+        return EpilogueParts(self.conv(x, out), None, norm, self.act)
 
     def out_hw(self, h: int, w: int) -> tuple[int, int]:
         if self.transposed:
@@ -138,6 +156,11 @@ class ResBlock(nn.Module):
         out = self.c_out if out is None else out
         return self.act(self.conv2(self.conv1(x, out), out) + self.shortcut(x, out))
 
+    def epilogue_parts(self, x: torch.Tensor, out: int | None = None) -> EpilogueParts:
+        out = self.c_out if out is None else out
+        last = self.conv2.epilogue_parts(self.conv1(x, out), out)  # conv2's activation is the identity
+        return EpilogueParts(last.z, self.shortcut(x, out), last.norm, self.act)
+
     @staticmethod
     def macs(c_in: int, c_out: int, h: int, w: int) -> int:
         return h * w * 9 * (c_in * c_out + c_out * c_out) + Shortcut.macs(c_in, c_out, h, w)
@@ -163,6 +186,12 @@ class DwsBlock(nn.Module):
         y = self.project(self.depthwise(y), out)
         return self.act(y + self.shortcut(x, out))
 
+    def epilogue_parts(self, x: torch.Tensor, out: int | None = None) -> EpilogueParts:
+        out = self.c_out if out is None else out
+        y = self.expand(x, self.expansion * x.shape[1])
+        last = self.project.epilogue_parts(self.depthwise(y), out)  # project's activation is the identity
+        return EpilogueParts(last.z, self.shortcut(x, out), last.norm, self.act)
+
     def macs(self, c_in: int, c_out: int, h: int, w: int) -> int:
         hidden = self.expansion * c_in
         return h * w * (c_in * hidden + 9 * hidden + hidden * c_out) + Shortcut.macs(c_in, c_out, h, w)
@@ -178,6 +207,10 @@ class Identity(nn.Module):
         if out < c:
             return x[:, :out]
         return F.pad(x, (0, 0, 0, 0, 0, out - c))
+
+    def epilogue_parts(self, x: torch.Tensor, out: int | None = None) -> EpilogueParts:
+        """z is the input itself: the epilogue truncates or zero-pads it to ``out`` channels."""
+        return EpilogueParts(x, None, None, nn.Identity())
 
     @staticmethod
     def macs(c_in: int, c_out: int, h: int, w: int) -> int:

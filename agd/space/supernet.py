@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, fields
 
 import torch
@@ -22,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from agd.io import AgdError
-from agd.ops import mixed_sum
+from agd.ops import EpilogueCandidate, mixed_epilogue, mixed_epilogue_backend, mixed_sum
+from agd.space.blocks import EpilogueParts
+from agd.space.elastic import ElasticInstanceNorm2d
 from agd.space.config import SpaceConfig
 from agd.space.genotype import Genotype, LayerChoice
 from agd.space.networks import ChainGenerator, SRGenerator
@@ -75,6 +76,26 @@ def build_network(space: SearchSpace, layers: list[nn.Module]) -> nn.Module:
     return SRGenerator(nn.ModuleList(layers), c.n_cells, c.layers_per_cell, int(math.log2(c.scale)))
 
 
+def epilogue_candidate(parts: EpilogueParts) -> tuple[EpilogueCandidate, float | None, float | None] | None:
+    """(the fused epilogue's description of a block's output, its norm eps or None, its LeakyReLU slope or
+    None), or None when the block ends in something the fused epilogue does not do (e.g. tanh)."""
+    norm, act = parts.norm, parts.act
+    if norm is not None and (not isinstance(norm, ElasticInstanceNorm2d) or norm.track_running_stats):
+        return None
+    if isinstance(act, nn.ReLU):
+        kind, slope = "relu", None
+    elif isinstance(act, nn.LeakyReLU):
+        kind, slope = "lrelu", float(act.negative_slope)
+    elif isinstance(act, nn.Identity):
+        kind, slope = "none", None
+    else:
+        return None
+    affine = norm is not None and norm.affine
+    cand = EpilogueCandidate(parts.z, parts.shortcut, norm is not None, norm.weight if affine else None,
+                             norm.bias if affine else None, kind)
+    return cand, (float(norm.eps) if norm is not None else None), slope
+
+
 class MixedLayer(nn.Module):
     def __init__(self, spec: LayerSpec, in_choices: tuple[int, ...], sampling: Sampling) -> None:
         super().__init__()
@@ -86,6 +107,9 @@ class MixedLayer(nn.Module):
         self.beta = nn.Parameter(torch.zeros(len(spec.widths))) if len(spec.widths) > 1 else None
         self.sampling = sampling
         self.fixed: tuple[int, int] | None = None  # (operator index, width index)
+        # how the candidates' epilogues and weighted sum run (agd.ops.EPILOGUE_BACKENDS): "auto" fuses them
+        # with the Triton kernel on CUDA and keeps the plain per-candidate forward + mixed_sum elsewhere
+        self.epilogue_backend = "auto"
         self.register_buffer("_masks", torch.stack([(torch.arange(c_out) < w).float() for w in spec.widths]),
                              persistent=False)
 
@@ -116,7 +140,7 @@ class MixedLayer(nn.Module):
         if mode == "min":
             return 0, None
         if mode == "random":
-            return random.randrange(n), None
+            return int(torch.randint(n, ())), None  # torch's RNG: checkpointed with the run
         if mode == "argmax":
             return int(self.beta.argmax()), None
         # gumbel: hard sample, straight-through gate of value 1
@@ -139,12 +163,12 @@ class MixedLayer(nn.Module):
         if len(ops) == 1:
             y = self.candidates[ops[0]](x, out_w)
         elif mode == "mixture":
-            y = mixed_sum(self.op_probs(), [self.candidates[op](x, out_w) for op in ops])
+            y, gate = self._mix(x, self.op_probs(), out_w, gate)
         elif mode == "fixed":
             if self.fixed is None:
                 raise AgdError(f"layer {self.spec.name}: ops mode 'fixed' needs a fixed genotype (Supernet.fix)")
             onehot = F.one_hot(torch.tensor(self.fixed[0]), len(ops)).to(x.dtype).to(x.device)
-            y = mixed_sum(onehot, [self.candidates[op](x, out_w) for op in ops])
+            y, gate = self._mix(x, onehot, out_w, gate)
         elif mode == "sample":
             p = self.op_probs()
             k = int(torch.multinomial(p.detach(), 1))
@@ -156,6 +180,24 @@ class MixedLayer(nn.Module):
         if gate is not None:
             y = y * gate
         return y
+
+    def _mix(self, x: torch.Tensor, weights: torch.Tensor, out_w: int,
+             gate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weighted sum of every candidate at width ``out_w``: fused (the gate folded into the weights,
+        so it returns gate None) or, for the "eager" backend or an unfusable candidate, per-candidate
+        forward + mixed_sum (gate returned for the caller to apply)."""
+        ops = self.spec.ops
+        backend = mixed_epilogue_backend(x.device, self.epilogue_backend)
+        if backend != "eager":
+            described = [epilogue_candidate(self.candidates[op].epilogue_parts(x, out_w)) for op in ops]
+            eps = {d[1] for d in described if d is not None and d[1] is not None}
+            slopes = {d[2] for d in described if d is not None and d[2] is not None}
+            if all(d is not None for d in described) and len(eps) <= 1 and len(slopes) <= 1:
+                w = weights if gate is None else weights * gate
+                y = mixed_epilogue(w, [d[0] for d in described], out_w, eps=eps.pop() if eps else 1e-5,
+                                   slope=slopes.pop() if slopes else 0.2, backend=backend)
+                return y, None
+        return mixed_sum(weights, [self.candidates[op](x, out_w) for op in ops]), gate
 
     # choice -------------------------------------------------------------------------
     def best_choice(self, c_in: int) -> LayerChoice:
