@@ -45,7 +45,7 @@ app.command("compile")(compile_cmd)
 app.add_typer(latency_app, name="latency")
 app.add_typer(latency_table_app, name="latency-table")
 from agd.commands.bench_deploy import bench_deploy_cmd  # noqa: E402
-app.command("bench-deploy")(bench_deploy_cmd)
+bench_app.command("deploy")(bench_deploy_cmd)
 
 
 def _size(size: Optional[str]) -> Optional[tuple[int, int]]:

@@ -1,4 +1,4 @@
-"""``agd bench-deploy``: a real derived student of each space at batch 1 on this CPU, PyTorch eager,
+"""``agd bench deploy``: a real derived student of each space at batch 1 on this CPU, PyTorch eager,
 torch.compile, ONNX Runtime, TVM untuned and TVM tuned (trials stated), written as JSON rows."""
 
 from __future__ import annotations

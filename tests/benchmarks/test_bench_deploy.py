@@ -1,4 +1,4 @@
-"""Deployment benchmark (``agd bench-deploy``): a real derived student of each space at batch 1 on this
+"""Deployment benchmark (``agd bench deploy``): a real derived student of each space at batch 1 on this
 CPU through PyTorch eager, torch.compile, ONNX Runtime, TVM untuned and TVM tuned.
 
 As a plain test (``--benchmark-disable``, the default) it runs a tiny derived network with every
