@@ -300,8 +300,6 @@ def resample(x: torch.Tensor, dim: int, idx: torch.Tensor, w: torch.Tensor) -> t
 #   float32/float16/bfloat16 with float32 accumulation.
 # --------------------------------------------------------------------------------------------
 
-from torch.nn import functional as F  # noqa: E402
-
 ACT_CODES = {"none": 0, "relu": 1, "lrelu": 2, "tanh": 3}
 CUDA_NOT_BUILT_REASON = "agd._C_cuda is not built (needs a CUDA torch and nvcc at build time; FORCE_CUDA=1 without a GPU)"
 

@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from agd.data.images import list_images, read_image
 from agd.data.resize import bicubic_degrade, imresize

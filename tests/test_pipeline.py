@@ -1,8 +1,6 @@
 """train / eval / compress end to end with tiny teachers (fast), and the real main job where installed."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

@@ -16,7 +16,7 @@ from agd.io import AgdError, save_checkpoint
 from agd.runs import RunDir
 from agd.search import Search, derive_within_budget, get_search_config, macs_budget, parse_macs
 from agd.search import data as D
-from agd.search.budget import Budget, DualController
+from agd.search.budget import DualController
 from agd.space import SearchSpace, Supernet, get_config
 from agd.teachers import ResnetGenerator, RRDBNet, load_teacher
 

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from agd.cost import count, count_macs
+from agd.cost import count_macs
 from agd.io import AgdError
 from agd.space import (
     Genotype, LayerChoice, SearchSpace, Supernet, TemperatureSchedule, derive, get_config, op_valid, width_choices,

@@ -10,13 +10,12 @@ searched student and evaluated on the same images; the table and a Pareto chart 
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from agd.io import AgdError, atomic_write_json, atomic_write_text
+from agd.io import atomic_write_json, atomic_write_text
 from agd.search import derive_within_budget
 from agd.space import Genotype, LayerChoice, SearchSpace
 
@@ -26,12 +25,11 @@ def hand_designed(space: SearchSpace, budget: float) -> Genotype:
     n_ratios = max(len(s.widths) for s in space.layers)
     best = None
     for r in range(n_ratios):
-        layers, c_in = [], space.config.in_ch
+        layers = []
         for spec in space.layers:
             w = spec.widths[min(r, len(spec.widths) - 1)] if len(spec.widths) > 1 else spec.widths[0]
             op = "resblock" if "resblock" in spec.ops else spec.ops[0]
             layers.append(LayerChoice(spec.name, op, w))
-            c_in = w
         g = Genotype(space.config, layers)
         space.validate(g)
         gap = abs(space.genotype_macs(g) - budget)

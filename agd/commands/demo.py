@@ -31,22 +31,6 @@ class DemoConfig:
     tile: int = 256
 
 
-def fit_image(img: torch.Tensor, max_side: int, multiple: int) -> torch.Tensor:
-    """Downscale ``img`` (C, H, W) with antialiased bicubic so its longest side is at most ``max_side``,
-    then crop it to a multiple of ``multiple`` on each side."""
-    from agd.data.resize import imresize
-
-    _, h, w = img.shape
-    if max(h, w) > max_side:
-        s = max_side / max(h, w)
-        img = imresize(img, size=(max(multiple, round(h * s)), max(multiple, round(w * s)))).clamp(0, 1)
-        _, h, w = img.shape
-    h2, w2 = h - h % multiple, w - w % multiple
-    if h2 == 0 or w2 == 0:
-        raise AgdError(f"image of {h}x{w} pixels is smaller than {multiple} pixels on a side")
-    return img[:, :h2, :w2]
-
-
 def _timed(fn, x: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, float]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -63,7 +47,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     from agd.cost import count_macs
     from agd.data.images import write_image
-    from agd.data.resize import imresize, to_8bit
+    from agd.data.resize import fit_image, imresize, to_8bit
     from agd.data.samples import sample_images
     from agd.metrics import psnr, ssim
     from agd.teachers import load_teacher, tiled_forward

@@ -68,7 +68,6 @@ def draw_architecture(rows: list[dict], total: dict, path: Path, title: str = ""
     operator, labelled with operator, widths, output size and MACs."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from agd.cost import format_count
     from agd.io import atomic_path
 
     colours = {"conv1x1": (141, 211, 199), "conv3x3": (128, 177, 211), "conv3x3_d2": (190, 186, 218),

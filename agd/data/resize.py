@@ -126,3 +126,17 @@ def bicubic_degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:
     """The standard SR degradation: MATLAB ``imresize(hr_uint8, 1/scale)`` (bicubic, antialiased), exactly
     as on a ``uint8`` image (8-bit rounding after each pass); ``hr`` is rounded to 8 bits first."""
     return imresize(to_8bit(hr), 1 / scale, uint8_passes=True)
+
+
+def fit_image(img: torch.Tensor, max_side: int | None, multiple: int) -> torch.Tensor:
+    """Downscale a (C, H, W) image with antialiased bicubic so its longest side is at most ``max_side``
+    (None: no limit), then crop it to a multiple of ``multiple`` on each side."""
+    _, h, w = img.shape
+    if max_side and max(h, w) > max_side:
+        s = max_side / max(h, w)
+        img = imresize(img, size=(max(multiple, round(h * s)), max(multiple, round(w * s)))).clamp(0, 1)
+        _, h, w = img.shape
+    h2, w2 = h - h % multiple, w - w % multiple
+    if h2 == 0 or w2 == 0:
+        raise AgdError(f"image of {h}x{w} pixels is smaller than {multiple} pixels on a side")
+    return img[:, :h2, :w2].contiguous()

@@ -16,7 +16,8 @@ from typing import Callable
 
 import torch
 
-from agd.data import TeacherCache, bicubic_degrade, image_hash, imresize, list_images, read_image, sample_images
+from agd.data import TeacherCache, bicubic_degrade, image_hash, list_images, read_image, sample_images
+from agd.data.resize import fit_image
 from agd.io import AgdError
 
 
@@ -35,19 +36,6 @@ def load_images(source: str | Path | None) -> list[tuple[str, torch.Tensor]]:
     return [(p.stem, read_image(p)) for p in list_images(source)]
 
 
-def fit(img: torch.Tensor, max_side: int | None, multiple: int) -> torch.Tensor:
-    """Downscale (antialiased bicubic) so the longest side is at most ``max_side``; crop to a multiple."""
-    _, h, w = img.shape
-    if max_side and max(h, w) > max_side:
-        s = max_side / max(h, w)
-        img = imresize(img, size=(max(multiple, round(h * s)), max(multiple, round(w * s)))).clamp(0, 1)
-        _, h, w = img.shape
-    h2, w2 = h - h % multiple, w - w % multiple
-    if h2 == 0 or w2 == 0:
-        raise AgdError(f"image of {h}x{w} pixels is smaller than {multiple} pixels on a side")
-    return img[:, :h2, :w2].contiguous()
-
-
 def prepare(images: list[tuple[str, torch.Tensor]], teacher, *, cache_dir: Path, max_side: int | None, device,
             tile: int = 256, on_image: Callable[[str], None] | None = None) -> list[DistillImage]:
     """Inputs and cached teacher outputs for every image."""
@@ -60,12 +48,12 @@ def prepare(images: list[tuple[str, torch.Tensor]], teacher, *, cache_dir: Path,
         if on_image:
             on_image(name)
         if task == "sr":
-            gt = fit(img, max_side, scale)
+            gt = fit_image(img, max_side, scale)
             inp = bicubic_degrade(gt, scale)
             variant = f"sr-x{scale}-matlab-bicubic"
         else:
             gt = None
-            inp = fit(img, max_side, max(getattr(teacher, "multiple", 1), 4))
+            inp = fit_image(img, max_side, max(getattr(teacher, "multiple", 1), 4))
             variant = "translation"
 
         def run(x: torch.Tensor) -> torch.Tensor:

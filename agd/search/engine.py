@@ -18,9 +18,7 @@ its slice of each global batch and DistributedDataParallel averages the gradient
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
