@@ -49,15 +49,9 @@ bench_app.command("deploy")(bench_deploy_cmd)
 
 
 def _size(size: Optional[str]) -> Optional[tuple[int, int]]:
-    if size is None:
-        return None
-    try:
-        h, w = (int(v) for v in size.lower().split("x"))
-        if h <= 0 or w <= 0:
-            raise ValueError
-    except ValueError:
-        raise AgdError(f"--size {size!r}: expected HxW, e.g. 256x256") from None
-    return h, w
+    from agd.commands.tvm import parse_size
+
+    return parse_size(size)
 
 
 def _console():
