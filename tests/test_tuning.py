@@ -228,6 +228,7 @@ def test_latency_table_resumable_and_shaped_like_macs(tmp_path, x86):
     table = LatencyTable.load(path)
     assert len(table.entries) == 3 + n_missing - sum(c[2] == "identity" for c in part.missing(space))
     assert len(table.provenance["runs"]) == 2
+    assert table.provenance["runs"][0]["timing"] == {"number": 1, "repeat": 5, "min_repeat_ms": 50, "warmup": 1}
     tables = table.tables(space)
     macs = space.macs_tables()
     assert [t.shape for t in tables] == [m.shape for m in macs]
@@ -243,6 +244,24 @@ def test_latency_table_resumable_and_shaped_like_macs(tmp_path, x86):
     # one-hot choice reproduces the genotype's operator sum
     sn.fix(g)
     assert float(sn.expected_cost([t.nan_to_num(0.0) for t in tables])[0]) == pytest.approx(table.operator_sum(g))
+
+
+def test_latency_table_times_with_its_own_settings(x86, monkeypatch):
+    """Table timing runs one call per repeat (seconds-long untuned networks are not run 25 times)."""
+    from agd.tuning.latency_table import TableBuildConfig, time_module
+    from agd.tuning.measure import CompiledModel, TimingConfig
+
+    seen, real = [], CompiledModel.time_ms
+
+    def spy(self, x, cfg=TimingConfig()):
+        seen.append(cfg)
+        return real(self, x, cfg)
+
+    monkeypatch.setattr(CompiledModel, "time_ms", spy)
+    mine = TimingConfig(number=1, repeat=2, min_repeat_ms=1, warmup=0)
+    assert time_module(nn.Conv2d(3, 5, 3, padding=1), x86, (1, 3, 9, 7), TableBuildConfig(timing=mine)) > 0
+    assert time_module(nn.Conv2d(3, 5, 1), x86, (1, 3, 9, 7), TableBuildConfig()) > 0
+    assert seen[0] == mine and seen[1].number == 1 and seen[1] != TimingConfig()
 
 
 def test_latency_table_rejects_corrupt_file(tmp_path):

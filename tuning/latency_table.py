@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 
 from agd.io import AgdError, atomic_write_json
+from agd.tuning.measure import TimingConfig
 
 FORMAT = "agd-latency-table"
 VERSION = 1
@@ -169,6 +170,11 @@ class LatencyTable:
 
 
 # --------------------------------------------------------------------------- measuring
+# One call per repeat: TVM's ``min_repeat_ms`` raises the count for short operators, while whole untuned
+# networks (seconds per call) are not run number x repeat = 25 times each.
+TABLE_TIMING = TimingConfig(number=1, repeat=5, min_repeat_ms=50, warmup=1)
+
+
 @dataclass(frozen=True)
 class TableBuildConfig:
     trials: int = 0  # MetaSchedule trials per configuration (0: untuned default schedules)
@@ -177,6 +183,7 @@ class TableBuildConfig:
     batch: int = 1
     seed: int = 1234
     emulated: bool = False
+    timing: TimingConfig = TABLE_TIMING
 
 
 def time_module(model: torch.nn.Module, spec: Any, shape: tuple[int, ...], cfg: TableBuildConfig,
@@ -184,7 +191,7 @@ def time_module(model: torch.nn.Module, spec: Any, shape: tuple[int, ...], cfg: 
     """Median ms of ``model`` compiled for ``spec`` (tuned first when cfg.trials > 0)."""
     from agd.tuning.build import build
     from agd.tuning.export import to_relax
-    from agd.tuning.measure import CompiledModel, TimingConfig
+    from agd.tuning.measure import CompiledModel
     from agd.tuning.tune import TuneConfig, database_records, tune
 
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
@@ -196,7 +203,7 @@ def time_module(model: torch.nn.Module, spec: Any, shape: tuple[int, ...], cfg: 
     use_db = cfg.database is not None and database_records(cfg.database) > 0
     ex = build(prog.mod, spec, cfg.database if use_db else None)
     cm = CompiledModel(ex, prog.params, spec, session=session)
-    return cm.time_ms(x.numpy(), timing or TimingConfig())["median_ms"]
+    return cm.time_ms(x.numpy(), timing or cfg.timing)["median_ms"]
 
 
 def build_table(table: LatencyTable, space: Any, spec: Any, hw: tuple[int, int] | None, cfg: TableBuildConfig,
@@ -212,7 +219,7 @@ def build_table(table: LatencyTable, space: Any, spec: Any, hw: tuple[int, int] 
     table.provenance.setdefault("runs", []).append({
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "trials_per_configuration": cfg.trials,
         "database": str(cfg.database) if cfg.database else None, "tvm": tvm.__version__,
-        "emulated": cfg.emulated})
+        "emulated": cfg.emulated, "timing": asdict(cfg.timing)})
     todo = [c for c in table.missing(space, hw, cfg.batch) if c[2] != "identity"]
     if limit is not None:
         todo = todo[:limit]

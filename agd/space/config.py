@@ -9,10 +9,10 @@ The defaults follow AutoGAN-Distiller's spaces (Fu et al., ICML 2020) plus what 
 - super-resolution: conv3x3 (nf 64) → ``n_cells`` cells of ``layers_per_cell`` searchable layers (cell
   output ``0.2 * cell(x) + x``, inner widths searchable, cell in/out fixed at nf) → trunk conv3x3 + global
   skip → per x2: nearest upsampling, conv3x3, LeakyReLU(0.2) → conv_hr (LeakyReLU) → conv_last; no norm.
-  Beyond AGD (``search_tail``, on by default): the upsampling convs and conv_hr choose their widths too,
-  and conv_hr may be removed (identity). At x4 these run at 4x and 16x the LR pixel count and hold most
-  of the MACs of any small network; with them fixed at 64 channels the smallest x4 network is 91 GMACs
-  at a 256x256 input, with them searchable 12.3 GMACs.
+  Beyond AGD (``search_tail``, on by default): the upsampling convs and conv_hr choose their widths and
+  between conv3x3 and conv1x1, and conv_hr may be removed (identity). At x4 these run at 4x and 16x the
+  LR pixel count and hold most of the MACs of any small network: with them fixed (3x3, 64 channels)
+  the smallest x4 network is 91.3 GMACs at a 256x256 input, with them searchable 4.2 GMACs.
 """
 
 from __future__ import annotations

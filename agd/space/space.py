@@ -110,9 +110,10 @@ class SearchSpace:
                                         expansion=e))
         layers.append(LayerSpec("conv_body", ("conv3x3",), (c.nf,), plain, expansion=e))
         tail = inner if c.search_tail else (c.nf,)
-        layers += [LayerSpec(f"conv_up{i + 1}", ("conv3x3",), tail, lrelu, expansion=e)
+        up_ops = ("conv3x3", "conv1x1") if c.search_tail else ("conv3x3",)
+        layers += [LayerSpec(f"conv_up{i + 1}", up_ops, tail, lrelu, expansion=e)
                    for i in range(int(math.log2(c.scale)))]
-        layers.append(LayerSpec("conv_hr", ("conv3x3", "identity") if c.search_tail else ("conv3x3",), tail, lrelu,
+        layers.append(LayerSpec("conv_hr", up_ops + ("identity",) if c.search_tail else up_ops, tail, lrelu,
                                 expansion=e))
         layers.append(LayerSpec("conv_last", ("conv3x3",), (c.out_ch,), plain, expansion=e))
         return layers
