@@ -80,6 +80,17 @@ def atomic_write_json(dest: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(dest, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """Parse a JSON file; AgdError ``"<what> <path>: ..."`` when it is missing or not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AgdError(f"{what} {path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise AgdError(f"{what} {path}: invalid JSON ({e})") from None
+
+
 def save_checkpoint(obj: Any, dest: str | os.PathLike) -> None:
     """torch.save a weights-only-loadable object (tensors, dicts, lists, numbers, strings) atomically.
     ``.safetensors`` destinations take a flat ``{name: tensor}`` mapping."""

@@ -14,7 +14,6 @@ is saved after every entry: an interrupted build resumes where it stopped.
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from agd.io import AgdError, atomic_write_json
+from agd.io import AgdError, atomic_write_json, read_json
 from agd.tuning.measure import TimingConfig
 
 FORMAT = "agd-latency-table"
@@ -68,12 +67,7 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | Path) -> "LatencyTable":
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise AgdError(f"latency table {path}: no such file") from None
-        except json.JSONDecodeError as e:
-            raise AgdError(f"latency table {path}: invalid JSON ({e})") from None
+        d = read_json(path, "latency table")
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise AgdError(f"latency table {path}: not an agd latency table (expected \"format\": \"{FORMAT}\")")
         if d.get("version") != VERSION:
@@ -110,24 +104,14 @@ class LatencyTable:
     def tables(self, space: Any, hw: tuple[int, int] | None = None, batch: int = 1) -> list[torch.Tensor]:
         """Per layer, milliseconds as float64 (operators, input-width choices, output-width choices); NaN
         where invalid. AgdError when the table lacks configurations of this space and size."""
-        from agd.space.space import op_valid
-
         miss = [c for c in self.missing(space, hw, batch) if c[2] != "identity"]
         if miss:
             raise AgdError(f"latency table ({self.target}): {len(miss)} configurations of this space at "
                            f"{'x'.join(map(str, hw or space.config.reference_size))} are not measured (first: layer "
                            f"{space.layers[miss[0][1]].name} {miss[0][2]} {miss[0][3]}->{miss[0][4]}); "
                            "run `agd latency-table build` for it")
-        out = []
-        for i, (spec, size) in enumerate(zip(space.layers, space.input_sizes(hw))):
-            ins = space.in_choices(i)
-            t = torch.full((len(spec.ops), len(ins), len(spec.widths)), math.nan, dtype=torch.float64)
-            for k, op in enumerate(spec.ops):
-                for a, ci in enumerate(ins):
-                    for b, co in enumerate(spec.widths):
-                        if op_valid(op, spec, ci, co):
-                            t[k, a, b] = self._ms(entry_key(spec, op, ci, co, size, batch), op)
-            out.append(t)
+        out = space.cost_tables(lambda _i, spec, op, ci, co, size: self._ms(entry_key(spec, op, ci, co, size, batch), op),
+                                hw)
         return out
 
     def overhead(self, space: Any, hw: tuple[int, int] | None = None, batch: int = 1) -> float:

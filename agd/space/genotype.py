@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agd.io import AgdError, atomic_write_text
+from agd.io import AgdError, atomic_write_text, read_json
 from agd.space.config import SpaceConfig, config_from_dict, config_to_dict
 
 FORMAT = "agd-genotype"
@@ -87,11 +87,4 @@ class Genotype:
 
     @classmethod
     def load(cls, path: str | Path) -> "Genotype":
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise AgdError(f"genotype {path}: no such file") from None
-        except json.JSONDecodeError as e:
-            raise AgdError(f"genotype {path}: invalid JSON ({e})") from None
-        return cls.from_dict(d, f"genotype {path}")
+        return cls.from_dict(read_json(path, "genotype"), f"genotype {Path(path)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -153,9 +154,11 @@ class SearchSpace:
         """MACs of operator ``op`` in layer ``i`` at these widths, input size ``hw``."""
         return self._meta_ops[(i, op)].macs(c_in, c_out, *hw)
 
-    def macs_tables(self, hw: tuple[int, int] | None = None) -> list[torch.Tensor]:
-        """Per layer, MACs as a float64 tensor (ops, input-width choices, output-width choices); invalid
-        combinations (identity between unequal widths) hold NaN."""
+    def cost_tables(self, cost: Callable[[int, LayerSpec, str, int, int, tuple[int, int]], float],
+                    hw: tuple[int, int] | None = None) -> list[torch.Tensor]:
+        """Per layer, a float64 tensor (ops, input-width choices, output-width choices) of
+        ``cost(layer index, spec, op, c_in, c_out, input size)``; invalid combinations (identity between
+        unequal widths) hold NaN. The shape every expected-cost computation takes."""
         tables = []
         for i, (spec, size) in enumerate(zip(self.layers, self.input_sizes(hw))):
             ins = self.in_choices(i)
@@ -164,9 +167,13 @@ class SearchSpace:
                 for a, ci in enumerate(ins):
                     for b, co in enumerate(spec.widths):
                         if op_valid(op, spec, ci, co):
-                            t[k, a, b] = self.op_macs(i, op, ci, co, size)
+                            t[k, a, b] = cost(i, spec, op, ci, co, size)
             tables.append(t)
         return tables
+
+    def macs_tables(self, hw: tuple[int, int] | None = None) -> list[torch.Tensor]:
+        """Per layer, MACs (see :meth:`cost_tables`)."""
+        return self.cost_tables(lambda i, _spec, op, ci, co, size: self.op_macs(i, op, ci, co, size), hw)
 
     def genotype_macs(self, g: Genotype, hw: tuple[int, int] | None = None) -> int:
         self.validate(g)
