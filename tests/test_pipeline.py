@@ -99,9 +99,16 @@ def test_baselines_at_the_same_budget(tmp_path, teachers, capsys):
     h = hand_designed(space, budget)
     assert all(c.op == "resblock" for c, s in zip(h.layers, space.layers) if "resblock" in s.ops)
     gp = g.save(tmp_path / "searched.json")
+    from agd.data.images import write_image
+
+    held_out = tmp_path / "held-out"
+    for name in ("ho_a", "ho_b"):
+        write_image(held_out / f"{name}.png", torch.rand(3, 40, 36))
     code, out, err = _run(capsys, "baseline", gp, "--teacher", teachers[0], "--out", tmp_path / "b", "--seeds", "2",
-                          "--train-steps", "2")
+                          "--train-steps", "2", "--eval-images", held_out)
     assert code == 0, err
+    for name in ("searched", "random-1"):  # every network is scored on the held-out folder, not the training images
+        assert sorted(p.stem for p in (tmp_path / "b" / name / "eval" / "images").glob("*.png")) == ["ho_a", "ho_b"]
     rows = json.loads((tmp_path / "b/baselines.json").read_text())
     assert [r["name"] for r in rows] == ["searched", "hand-designed", "random-0", "random-1"]
     assert (tmp_path / "b/pareto.png").is_file() and "random mean" in (tmp_path / "b/baselines.md").read_text()

@@ -116,9 +116,11 @@ def baseline_cmd(
     seeds: int = typer.Option(3, min=1, help="Number of random architectures."),
     device: str = typer.Option("cpu", help="torch device."),
     train_steps: Optional[int] = typer.Option(None, help="Override the preset's training steps."),
+    eval_images: Optional[Path] = typer.Option(None, help="Held-out images to evaluate on, at full size (default: --images)."),
 ) -> None:
     """Hand-designed and random networks at the same MACs, trained and evaluated like the searched one."""
     from agd.commands.baseline import run_baseline_job
 
     run_baseline_job(genotype, teacher_spec=teacher, images=images, out=out, preset=preset, seeds=seeds, device=device,
-                     searched_weights=weights, train_overrides={"steps": train_steps} if train_steps else None)
+                     searched_weights=weights, train_overrides={"steps": train_steps} if train_steps else None,
+                     eval_images=eval_images)

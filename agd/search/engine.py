@@ -249,7 +249,7 @@ class Search:
         loss = self.heldout_loss(g)
         argmax = self.supernet.genotype()
         rec = {"step": self.step, "heldout_loss": loss, "cost": self.cost_of(g), "argmax_cost": self.cost_of(argmax),
-               "expected": float(self.model.supernet.expected_cost(self.tables)[0]) + self.budget.overhead,
+               "expected": float(self.model.supernet.expected_cost(self.tables)[0].detach()) + self.budget.overhead,
                "lam": self.ctrl.lam, "genotype": g.to_dict(),
                "op_probs": {m.spec.name: m.op_probs().detach().cpu().tolist() for m in layers if m.alpha is not None},
                "width_probs": {m.spec.name: m.width_probs().detach().cpu().tolist() for m in layers if m.beta is not None}}
