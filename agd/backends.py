@@ -76,6 +76,17 @@ def cuda_ops_status() -> BackendStatus:
     return BackendStatus("CUDA ops", True, f"{built[0].name} on {dev.reason}")
 
 
+def onednn_conv_status() -> BackendStatus:
+    """oneDNN's fused convolution + activation (+ add), which ``agd.space.fast.convert(net, "cpp")`` uses for
+    norm-free dense convolutions, channels-last."""
+    from agd.space.fast import onednn_reason
+
+    why = onednn_reason()
+    if why:
+        return BackendStatus("oneDNN fused conv", False, why + "; the cpp student backend keeps those convolutions eager")
+    return BackendStatus("oneDNN fused conv", True, "mkldnn::_convolution_pointwise (conv + act [+ add], channels-last)")
+
+
 def all_backends() -> list[BackendStatus]:
     """Every backend in the order ``agd info`` prints them."""
     from agd import kernels, ops, tuning
@@ -83,6 +94,7 @@ def all_backends() -> list[BackendStatus]:
     out = [cuda_device_status(), kernels.triton_status()]
     ok, why = ops.cpp_status()
     out.append(BackendStatus("C++ CPU ops", ok, why))
+    out.append(onednn_conv_status())
     out.append(ops.mixed_epilogue_status())
     out.append(cuda_ops_status())
     out.extend(tuning.target_status(name) for name in tuning.TARGETS)

@@ -641,6 +641,67 @@ def dws_block(x: torch.Tensor, w_expand: torch.Tensor, w_dw: torch.Tensor, w_pro
                                    negative_slope, reflect, eps)
 
 
+# ---- conv_narrow: K x K "same" convolution to 1-4 output channels + bias + act (inference), the
+# generators' last layer (see csrc/cpu/conv_narrow.cpp)
+
+CONV_NARROW_MAX_OUT = 4
+
+_LIB.define(
+    "conv_narrow(Tensor x, Tensor weight, Tensor? bias, bool reflect, int act, float negative_slope) -> Tensor"
+)
+
+
+def _check_conv_narrow_args(x, weight, bias, reflect, act) -> None:
+    torch._check_value(x.dim() == 4 and weight.dim() == 4,
+                       lambda: f"agd::conv_narrow: x and weight must be 4-D, got {x.dim()}-D and {weight.dim()}-D")
+    o, c, kh, kw = weight.shape
+    torch._check_value(1 <= o <= CONV_NARROW_MAX_OUT,
+                       lambda: f"agd::conv_narrow: 1 to {CONV_NARROW_MAX_OUT} output channels, got {o}")
+    torch._check_value(c == x.shape[1] and kh == kw and kh % 2 == 1,
+                       lambda: f"agd::conv_narrow: weight must be (C_out, {x.shape[1]}, K, K) with K odd, "
+                               f"got {tuple(weight.shape)}")
+    torch._check_value(bias is None or bias.numel() == o,
+                       lambda: f"agd::conv_narrow: bias must have {o} elements")
+    if reflect:
+        torch._check_value(x.shape[2] > kh // 2 and x.shape[3] > kh // 2,
+                           lambda: f"agd::conv_narrow: reflect padding {kh // 2} needs H and W > {kh // 2}, "
+                                   f"got {x.shape[2]}x{x.shape[3]}")
+    _check_block_act(act)
+
+
+def conv_narrow_reference(x, weight, bias, reflect: bool, act: int, negative_slope: float = 0.2) -> torch.Tensor:
+    """PyTorch reference: act(conv2d(pad(x), weight, bias)), padding K // 2 (zeros or reflect)."""
+    _check_conv_narrow_args(x, weight, bias, reflect, act)
+    p = weight.shape[-1] // 2
+    if reflect and p:
+        y = F.conv2d(F.pad(x, (p, p, p, p), mode="reflect"), weight, bias)
+    else:
+        y = F.conv2d(x, weight, bias, padding=p)
+    return _blocks_act_ref(y, act, negative_slope).contiguous()
+
+
+_LIB.impl("conv_narrow", conv_narrow_reference, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("agd::conv_narrow", lib=_LIB)
+def _conv_narrow_fake(x, weight, bias, reflect, act, negative_slope):
+    _check_conv_narrow_args(x, weight, bias, reflect, act)
+    return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
+
+
+def conv_narrow(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, reflect: bool = False,
+                act: str = "none", negative_slope: float = 0.2) -> torch.Tensor:
+    """The few-output-channel convolution for inference; the differentiable reference runs when autograd
+    needs a gradient or the compiled kernel cannot run."""
+    if act not in ACT_CODES:
+        raise ValueError(f"conv_narrow: activation {act!r} is not one of {', '.join(ACT_CODES)}")
+    tensors = [x, weight, *([bias] if bias is not None else [])]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    if needs_grad or _blocks_use_reference("conv_narrow", x):
+        return conv_narrow_reference(x, weight, bias, reflect, ACT_CODES[act], negative_slope)
+    return torch.ops.agd.conv_narrow(x, weight, bias, reflect, ACT_CODES[act], negative_slope)
+
+
 # --------------------------------------------------------------------------------------------
 # mixed_sum: the weighted sum of a mixed layer's candidate outputs, out = sum_k w[k] * outs[k]
 # Every supernet layer goes through here; a fused kernel (Triton) replaces the fast path only.

@@ -17,6 +17,7 @@ from agd import ops
 from agd.io import AgdError
 from agd.space import Genotype, SearchSpace, derive, get_config
 from agd.space.blocks import DwsBlock, Style
+from agd.space import fast as fast_mod
 from agd.space.fast import available_backends, convert, converted_blocks
 
 
@@ -225,6 +226,50 @@ def test_dws_block_fake():
         assert out.shape == (1, 5, 6, 6)
 
 
+# ----------------------------------------------------------------------------- conv_narrow
+NARROW_CASES = [  # (n, c, h, w, c_out, k, reflect): odd sizes, every supported k, the runtime-k path (9)
+    (1, 5, 13, 7, 3, 7, True), (2, 3, 9, 11, 1, 3, False), (1, 4, 6, 37, 4, 5, True), (1, 2, 3, 5, 2, 1, False),
+    (1, 6, 11, 10, 3, 9, False), (1, 7, 5, 70, 3, 3, True),
+]
+
+
+@pytest.mark.parametrize("n,c,h,w,o,k,reflect", NARROW_CASES)
+@pytest.mark.parametrize("act", [0, 1, 2, 3])
+def test_conv_narrow_float64(cpp, n, c, h, w, o, k, reflect, act):
+    g = _gen(50 + k + act)
+    x = torch.randn(n, c, h, w, dtype=torch.float64, generator=g)
+    wt = torch.randn(o, c, k, k, dtype=torch.float64, generator=g)
+    b = torch.randn(o, dtype=torch.float64, generator=g)
+    ref = ops.conv_narrow_reference(x, wt, b, reflect, act, 0.2)
+    torch.testing.assert_close(torch.ops.agd.conv_narrow(x, wt, b, reflect, act, 0.2), ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.ops.agd.conv_narrow(x, wt, None, reflect, act, 0.2),
+                               ops.conv_narrow_reference(x, wt, None, reflect, act, 0.2), rtol=1e-12, atol=1e-12)
+    # float32 within the float32 reference's own error against float64
+    y32 = torch.ops.agd.conv_narrow(x.float(), wt.float(), b.float(), reflect, act, 0.2).double()
+    r32 = ops.conv_narrow_reference(x.float(), wt.float(), b.float(), reflect, act, 0.2).double()
+    assert (y32 - ref).abs().max() <= 4 * (r32 - ref).abs().max() + 1e-5
+
+
+def test_conv_narrow_channels_last_opcheck_and_errors(cpp):
+    g = _gen(60)
+    x = torch.randn(1, 4, 8, 9, generator=g)
+    wt = torch.randn(3, 4, 3, 3, generator=g)
+    a = ops.conv_narrow(x, wt, None, act="tanh")
+    torch.testing.assert_close(ops.conv_narrow(x.contiguous(memory_format=torch.channels_last), wt, None, act="tanh"), a)
+    torch.library.opcheck(torch.ops.agd.conv_narrow.default, (x, wt, None, True, 2, 0.2))
+    with pytest.raises(RuntimeError, match="1 to 4 output channels"):
+        torch.ops.agd.conv_narrow(x, torch.randn(5, 4, 3, 3), None, False, 0, 0.2)
+    with pytest.raises(RuntimeError, match="K odd"):
+        torch.ops.agd.conv_narrow(x, torch.randn(3, 4, 2, 2), None, False, 0, 0.2)
+    with pytest.raises(RuntimeError, match="reflect padding 3"):
+        torch.ops.agd.conv_narrow(torch.randn(1, 4, 3, 9), torch.randn(3, 4, 7, 7), None, True, 0, 0.2)
+    with pytest.raises(ValueError, match="activation"):
+        ops.conv_narrow(x, wt, act="gelu")
+    wg = wt.clone().requires_grad_()  # a gradient is wanted: the differentiable reference runs
+    ops.conv_narrow(x, wg, None, act="relu").sum().backward()
+    assert wg.grad is not None
+
+
 # ----------------------------------------------------------------------------- convert
 def _nets():
     out = []
@@ -252,7 +297,36 @@ def test_convert_matches_standard_student(request, backend):
         with torch.no_grad():
             diff = (fast(x) - net(x)).abs().max().item()
         assert diff <= 1e-4, f"{name}: max abs diff {diff}"
-    assert seen == {"FastDwsBlock", "FastResBlock", "FastConvNormAct"}
+    expected = {"FastDwsBlock", "FastResBlock", "FastConvNormAct", "FastNarrowConv"}
+    if backend == "cpp" and fast_mod.onednn_reason() == "":
+        # the SR nets run channels-last on oneDNN (their last layer too), the translation head on conv_narrow
+        expected |= {"OneDnnConvNormAct", "OneDnnResBlock"}
+    assert seen == expected
+
+
+def test_convert_without_onednn_falls_back(cpp, monkeypatch):
+    """Without oneDNN's fused convolutions the C++ blocks still run and the SR nets stay NCHW."""
+    monkeypatch.setattr(fast_mod, "onednn_reason", lambda: "probe says no")
+    for name, net, (h, w) in _nets():
+        fast = convert(net.eval(), "cpp")
+        assert not {"OneDnnConvNormAct", "OneDnnResBlock"} & set(converted_blocks(fast))
+        x = torch.rand(1, 3, h, w + 1, generator=_gen(41))
+        with torch.no_grad():
+            assert (fast(x) - net(x)).abs().max().item() <= 1e-4, name
+
+
+def test_convert_channels_last_output_is_plain_nchw(cpp):
+    if fast_mod.onednn_reason():
+        pytest.skip(f"oneDNN fused convolutions do not run here: {fast_mod.onednn_reason()}")
+    space = SearchSpace(get_config("sr-tiny"))
+    net = derive(space.random_genotype(random.Random(2))).eval()
+    fast = convert(net, "cpp")
+    x = torch.rand(1, 3, 9, 7, generator=_gen(42))
+    with torch.no_grad():
+        y = fast(x)
+        assert y.is_contiguous() and y.shape == net(x).shape
+        # a channels-last input gives the same result
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), y)
 
 
 def test_convert_examples_full_size_blocks(cpp):

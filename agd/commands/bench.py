@@ -88,13 +88,17 @@ def kernels(
     device: Optional[str] = typer.Option(None, help="torch device (default: cuda if visible, else cpu)."),
     quick: bool = typer.Option(False, help="One workload per space and a smaller search step."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows to this JSON file."),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch intra-op threads (default: torch's, one per core)."),
 ) -> None:
     """Time the kernels against eager PyTorch and torch.compile; print one table per row kind."""
     import torch
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    typer.echo(f"device {device}, {torch.get_num_threads()} intra-op threads; eager and agd calls alternate")
     rows = collect(suite, device, quick)
-    if torch.device(device).type == "cpu":
+    if torch.device(device).type == "cpu" and suite != "csrc":
         typer.echo("note: CPU run: a check that the benchmark works; the Triton kernels are not timed here "
                    "(they run on CPU only in the interpreter) and CPU figures say nothing about GPU speed.")
     print_table(rows)

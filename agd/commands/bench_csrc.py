@@ -59,6 +59,24 @@ def time_ms(fn: Callable[[], object], device: torch.device, cfg: SuiteConfig) ->
     return statistics.median(times)
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, cfg: SuiteConfig) -> dict[str, float]:
+    """Median wall time (ms) of each of ``fns``, the calls alternating (a, b, a, b, ...) so that a change
+    in machine load or memory state during the run affects every backend alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.no_grad():
+        for _ in range(cfg.warmup):
+            for fn in fns.values():
+                fn()
+        _sync(device)
+        for _ in range(cfg.reps):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                _sync(device)
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def _rows(op: str, shape: str, timings: dict[str, float]) -> list[dict]:
     base = timings["eager"]
     return [{"op": op, "shape": shape, "backend": b, "median_ms": round(ms, 4), "ratio": round(base / ms, 3)}
@@ -89,8 +107,8 @@ def _bench_dwconv(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[d
             x = x.contiguous(memory_format=torch.channels_last)
         wt = torch.randn(c, 1, 3, 3, device=device)
         shape = f"1x{c}x{h}x{w} s{s} d{d} {'NHWC' if cl else 'NCHW'}"
-        t = {"eager": time_ms(lambda: F.conv2d(x, wt, None, s, d, d, c), device, cfg),
-             "agd": time_ms(lambda: torch.ops.agd.dwconv3x3(x, wt, s, d), device, cfg)}
+        t = time_interleaved({"eager": lambda: F.conv2d(x, wt, None, s, d, d, c),
+                              "agd": lambda: torch.ops.agd.dwconv3x3(x, wt, s, d)}, device, cfg)
         rows += _rows("dwconv3x3", shape, t)
     return rows
 
@@ -104,12 +122,37 @@ def _bench_epilogue(device: torch.device, cfg: SuiteConfig, quick: bool) -> list
         def eager(y=y, s=s):
             return torch.relu(F.instance_norm(y) + s)
 
-        t = {"eager": time_ms(eager, device, cfg),
-             "agd": time_ms(lambda y=y, s=s: torch.ops.agd.norm_act_residual(y, s, None, None, True, 1, 0.2, 1e-5),
-                            device, cfg)}
+        t = time_interleaved({"eager": eager,
+                              "agd": lambda y=y, s=s: torch.ops.agd.norm_act_residual(y, s, None, None, True, 1, 0.2,
+                                                                                      1e-5)}, device, cfg)
         if not quick:
             t["compile"] = _compiled(eager, cfg, device, (y, s))
         rows += _rows("norm_act_residual (IN + add + relu)", f"1x{c}x{hw}x{hw}", t)
+    return rows
+
+
+def _bench_narrow(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[dict]:
+    """The generators' last layers: the translation head (7x7 reflect, 32 -> 3, tanh, at 256x256) and the
+    SR conv_last (3x3, 64 -> 3, at the x4 output of a 64x64 input)."""
+    rows = []
+    cases = [("translation head 7x7 32->3 tanh", 32, 7, True, "tanh")]
+    if not quick:
+        cases.append(("sr conv_last 3x3 64->3", 64, 3, False, "none"))
+    for name, c, k, reflect, act in cases:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, c, 256, 256, generator=g).to(device)
+        w = torch.randn(3, c, k, k, generator=g).to(device)
+        b = torch.randn(3, generator=g).to(device)
+        code = ops.ACT_CODES[act]
+
+        def eager(x=x, w=w, b=b, k=k, reflect=reflect, code=code):
+            return ops.conv_narrow_reference(x, w, b, reflect, code, 0.2)
+
+        t = time_interleaved({"eager": eager, "agd": lambda x=x, w=w, b=b, reflect=reflect, code=code:
+                              torch.ops.agd.conv_narrow(x, w, b, reflect, code, 0.2)}, device, cfg)
+        if not quick:
+            t["compile"] = _compiled(eager, cfg, device, ())
+        rows += _rows("conv_narrow", f"{name} 1x{c}x256x256", t)
     return rows
 
 
@@ -135,7 +178,7 @@ def _bench_dws(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[dict
         blk = DwsBlock(cin, cout, style).to(device).eval()
         fast = FastDwsBlock(blk, "cuda" if device.type == "cuda" else "cpp").eval()
         x = torch.randn(1, cin, 64, 64, device=device)
-        t = {"eager": time_ms(lambda: blk(x), device, cfg), "agd": time_ms(lambda: fast(x), device, cfg)}
+        t = time_interleaved({"eager": lambda: blk(x), "agd": lambda: fast(x)}, device, cfg)
         if not quick:
             t["compile"] = _compiled(blk, cfg, device, (x,))
         rows += _rows("dws_block", f"{space} {cin}->{cout} (hidden {3 * cin}) 1x{cin}x64x64", t)
@@ -170,7 +213,7 @@ def _bench_students(device: torch.device, cfg: SuiteConfig, quick: bool) -> list
         net = net.to(device).eval()
         fast = convert(net, "cuda" if device.type == "cuda" else "cpp")
         x = torch.rand(*shape, device=device)
-        t = {"eager": time_ms(lambda: net(x), device, cfg), "agd": time_ms(lambda: fast(x), device, cfg)}
+        t = time_interleaved({"eager": lambda: net(x), "agd": lambda: fast(x)}, device, cfg)
         if not quick:
             t["compile"] = _compiled(net, cfg, device, (x,))
         rows += _rows("student", f"{name} input {'x'.join(map(str, shape))}", t)
@@ -189,5 +232,7 @@ def run_csrc_suite(device: str, quick: bool) -> list[dict]:
     rows += _bench_dwconv(dev, cfg, quick)
     rows += _bench_epilogue(dev, cfg, quick)
     rows += _bench_dws(dev, cfg, quick)
+    if dev.type == "cpu":  # conv_narrow has a C++ CPU kernel only
+        rows += _bench_narrow(dev, cfg, quick)
     rows += _bench_students(dev, cfg, quick)
     return rows

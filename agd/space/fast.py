@@ -4,17 +4,26 @@
 which
 - every :class:`~agd.space.blocks.DwsBlock` is one ``agd::dws_block`` op (the whole block fused, see
   ``csrc/cpu/dws_block.cpp`` for what is fused under instance norm);
-- every :class:`~agd.space.blocks.ResBlock` runs its two convolutions (and projection) as before and
-  each norm / activation / shortcut add as one ``agd::norm_act_residual`` op;
-- every non-depthwise :class:`~agd.space.blocks.ConvNormAct` with an instance norm (stem, downsampling,
-  conv3x3 / conv1x1 layers, upsampling of the translation space) runs its convolution as before and
-  norm + activation as one ``agd::norm_act_residual`` op. ConvNormAct layers without a norm (the SR
-  space) are left as they are: an epilogue op would make the same single pass as eager's activation.
-Weights are shared with nothing: the copy holds its own parameters. The original network is untouched,
-so it keeps standard ops for torch.export, ONNX and TVM.
+- every :class:`~agd.space.blocks.ResBlock` and every non-depthwise
+  :class:`~agd.space.blocks.ConvNormAct` with an instance norm (stem, downsampling, conv3x3 / conv1x1
+  layers, upsampling of the translation space) runs its convolutions as before and each norm /
+  activation / shortcut add as one ``agd::norm_act_residual`` op;
+- a norm-free "same" convolution to 1-4 channels (a generator's last layer: the translation head, 7x7
+  to RGB at full resolution) in an NCHW network is one ``agd::conv_narrow`` op;
+- on the CPU ("cpp"), every other dense convolution *without* a norm (the SR space's convolutions, residual
+  blocks and its whole upsampling tail, the translation space's last layer) runs as one oneDNN
+  primitive with its activation, and for residual blocks its shortcut add, fused in
+  (``torch.ops.mkldnn._convolution_pointwise``, the op torch.compile's CPU backend emits), and a network
+  without instance norms runs in channels-last memory format throughout, which oneDNN needs no reorder
+  for. Instance-norm networks stay NCHW: PyTorch's and agd's instance-norm statistics are
+  plane-wise and run slower on channels-last tensors.
+Weights are shared with nothing: the copy holds its own parameters (frozen into the converted layers:
+convert again after changing weights). The original network is untouched, so it keeps standard ops
+for torch.export, ONNX and TVM. The output is an ordinary contiguous NCHW tensor.
 
 Backends: "cpp" (the C++ CPU kernels), "cuda" (agd's CUDA kernels), "reference" (the same op
-structure on the PyTorch references; for tests). ``available_backends()`` says which run here.
+structure on the PyTorch references; for tests). ``available_backends()`` says which run here, and
+``onednn_reason()`` whether the fused oneDNN convolutions do.
 """
 
 from __future__ import annotations
@@ -22,12 +31,13 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from agd import ops
 from agd.io import AgdError
 from agd.space.blocks import ConvNormAct, DwsBlock, ResBlock
-from agd.space.elastic import ElasticInstanceNorm2d
+from agd.space.elastic import ElasticConv2d, ElasticInstanceNorm2d
 
 BACKENDS = ("cpp", "cuda", "reference")
 
@@ -93,6 +103,107 @@ class FastConvNormAct(nn.Module):
         return _epilogue(self.backend, self.conv(x), None, _Norm(self._norm_module), self.act, self.slope)
 
 
+def onednn_reason() -> str:
+    """"" when oneDNN's fused convolution (``torch.ops.mkldnn._convolution_pointwise``) runs here, else why not."""
+    if not torch.backends.mkldnn.is_available():
+        return f"torch {torch.__version__} was built without oneDNN (mkldnn)"
+    try:
+        torch.ops.mkldnn._convolution_pointwise.default  # noqa: B018 (probe)
+        torch.ops.mkldnn._convolution_pointwise.binary  # noqa: B018
+    except (AttributeError, RuntimeError):
+        return f"torch {torch.__version__} has no mkldnn::_convolution_pointwise op"
+    return ""
+
+
+_ONEDNN_ACTS = {"none": "none", "relu": "relu", "lrelu": "leaky_relu", "tanh": "tanh"}
+
+
+def _fusable_conv(conv: nn.Module) -> bool:
+    return (isinstance(conv, ElasticConv2d) and conv.groups == 1 and conv.padding_mode in ("zeros", "reflect")
+            and isinstance(conv.padding, tuple))
+
+
+class OneDnnConv(nn.Module):
+    """A dense convolution, its activation and optionally a residual add before the activation, as one
+    oneDNN primitive (inference). ``channels_last``: the input is made channels-last first (a no-op when
+    it already is) and so is the output; ``nchw_output`` returns a contiguous NCHW tensor (a network's
+    last layer)."""
+
+    def __init__(self, conv: ElasticConv2d, act: str, slope: float, *, channels_last: bool,
+                 nchw_output: bool = False) -> None:
+        super().__init__()
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.register_buffer("weight", conv.weight.detach().contiguous(memory_format=fmt), persistent=False)
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone(), persistent=False)
+        self.reflect = conv.padding_mode == "reflect"
+        pad = list(conv.padding)  # type: ignore[arg-type]
+        self.pad_reflect = (pad[1], pad[1], pad[0], pad[0]) if self.reflect else None
+        self.padding = [0, 0] if self.reflect else pad
+        self.stride, self.dilation = list(conv.stride), list(conv.dilation)
+        self.act, self.slope = act, slope
+        self.fmt, self.nchw_output = fmt, nchw_output
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.fmt)
+        return F.pad(x, self.pad_reflect, mode="reflect") if self.pad_reflect is not None else x
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        x = self._prep(x)
+        pw = torch.ops.mkldnn._convolution_pointwise
+        if residual is None:
+            scalars = [self.slope] if self.act == "lrelu" else []
+            y = pw(x, self.weight, self.bias, self.padding, self.stride, self.dilation, 1, _ONEDNN_ACTS[self.act],
+                   scalars, "")
+        else:
+            # oneDNN fuses add + relu / none after a convolution; other activations run in place after it
+            fused = self.act if self.act in ("relu", "none") else None
+            y = pw.binary(x, residual.contiguous(memory_format=self.fmt), self.weight, self.bias, self.padding,
+                          self.stride, self.dilation, 1, "add", None, fused, [], "")
+            if fused is None:
+                y = _act_(y, self.act, self.slope)
+        return y.contiguous() if self.nchw_output else y
+
+
+def _act_(y: torch.Tensor, act: str, slope: float) -> torch.Tensor:
+    if act == "lrelu":
+        return F.leaky_relu_(y, slope)
+    if act == "relu":
+        return y.relu_()
+    if act == "tanh":
+        return y.tanh_()
+    return y
+
+
+class OneDnnConvNormAct(nn.Module):
+    """A norm-free :class:`ConvNormAct` as one :class:`OneDnnConv`."""
+
+    def __init__(self, m: ConvNormAct, channels_last: bool) -> None:
+        super().__init__()
+        act, slope = _act_of(m.act)  # type: ignore[misc]
+        self.fused = OneDnnConv(m.conv, act, slope, channels_last=channels_last)
+
+    def forward(self, x: torch.Tensor, out: int | None = None) -> torch.Tensor:
+        return self.fused(x)
+
+
+class OneDnnResBlock(nn.Module):
+    """A norm-free :class:`ResBlock`: conv1 + act, then conv2 + shortcut + act, each one oneDNN call."""
+
+    def __init__(self, m: ResBlock, channels_last: bool) -> None:
+        super().__init__()
+        act, slope = _act_of(m.act)  # type: ignore[misc]
+        self.conv1 = OneDnnConv(m.conv1.conv, act, slope, channels_last=channels_last)
+        self.conv2 = OneDnnConv(m.conv2.conv, act, slope, channels_last=channels_last)
+        self.proj = None if m.shortcut.proj is None else OneDnnConv(m.shortcut.proj.conv, "none", slope,
+                                                                    channels_last=channels_last)
+        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def forward(self, x: torch.Tensor, out: int | None = None) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.fmt)
+        s = x if self.proj is None else self.proj(x)
+        return self.conv2(self.conv1(x), residual=s)
+
+
 class FastResBlock(nn.Module):
     """conv3x3 → [IN + act] → conv3x3 → [IN + shortcut + act], shortcut 1x1 → [IN]; [..] one op each."""
 
@@ -137,11 +248,14 @@ class FastDwsBlock(nn.Module):
         if self.affine:
             for n in self._norms:
                 aff += _Norm(n).pair(x)
-        args = (x, self.w_expand, self.w_dw, self.w_project, self.w_shortcut, aff)
+        channels_last = x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
+        args = (x.contiguous(), self.w_expand, self.w_dw, self.w_project, self.w_shortcut, aff)
         if self.backend == "reference":
-            return ops.dws_block_reference(*args, self.norm, ops.ACT_CODES[self.act], self.slope, self.reflect, self.eps)
-        return ops.dws_block(*args, norm=self.norm, act=self.act, negative_slope=self.slope, reflect=self.reflect,
-                             eps=self.eps)
+            y = ops.dws_block_reference(*args, self.norm, ops.ACT_CODES[self.act], self.slope, self.reflect, self.eps)
+        else:
+            y = ops.dws_block(*args, norm=self.norm, act=self.act, negative_slope=self.slope, reflect=self.reflect,
+                              eps=self.eps)
+        return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
 
 def unsupported_reason(m: nn.Module) -> str | None:
@@ -173,25 +287,103 @@ def unsupported_reason(m: nn.Module) -> str | None:
     return "not a block"
 
 
-def _swap(module: nn.Module, backend: str) -> None:
+def onednn_reason_for(m: nn.Module) -> str | None:
+    """Why a norm-free dense ConvNormAct / ResBlock cannot run as oneDNN fused convolutions (None: it can)."""
+    if isinstance(m, ConvNormAct):
+        if m.depthwise or m.transposed or isinstance(m.norm, ElasticInstanceNorm2d):
+            return "depthwise, transposed or normalised"
+        if not _fusable_conv(m.conv) or _act_of(m.act) is None:
+            return "grouped conv, padding mode or activation not supported"
+        return None
+    if isinstance(m, ResBlock):
+        convs = [m.conv1, m.conv2] + ([m.shortcut.proj] if m.shortcut.proj is not None else [])
+        if any(isinstance(c.norm, ElasticInstanceNorm2d) or not _fusable_conv(c.conv) for c in convs):
+            return "normalised, or a convolution oneDNN fusion does not take"
+        if _act_of(m.act) is None or _act_of(m.conv1.act) != _act_of(m.act):
+            return "its activations differ"
+        return None
+    return "not a block"
+
+
+def narrow_reason(m: nn.Module) -> str | None:
+    """Why a ConvNormAct cannot run as ``agd::conv_narrow`` (None: it can)."""
+    if not isinstance(m, ConvNormAct) or m.depthwise or m.transposed or isinstance(m.norm, ElasticInstanceNorm2d):
+        return "not a norm-free dense ConvNormAct"
+    c = m.conv
+    if not _fusable_conv(c) or c.out_channels > ops.CONV_NARROW_MAX_OUT:
+        return f"more than {ops.CONV_NARROW_MAX_OUT} output channels, or grouped"
+    k = c.kernel_size
+    if k[0] != k[1] or k[0] % 2 == 0 or c.stride != (1, 1) or c.dilation != (1, 1) or c.padding != (k[0] // 2,) * 2:
+        return "not a stride-1 'same' convolution with an odd square kernel"
+    if _act_of(m.act) is None:
+        return "activation not supported"
+    return None
+
+
+class FastNarrowConv(nn.Module):
+    """A norm-free convolution to 1-4 channels (a generator's last layer) as one ``agd::conv_narrow``."""
+
+    def __init__(self, m: ConvNormAct, backend: str) -> None:
+        super().__init__()
+        self.conv, self.backend = m.conv, backend
+        self.act, self.slope = _act_of(m.act)  # type: ignore[misc]
+        self.reflect = m.conv.padding_mode == "reflect"
+
+    def forward(self, x: torch.Tensor, out: int | None = None) -> torch.Tensor:
+        if self.backend == "reference":
+            return ops.conv_narrow_reference(x, self.conv.weight, self.conv.bias, self.reflect, ops.ACT_CODES[self.act],
+                                             self.slope)
+        return ops.conv_narrow(x.contiguous(), self.conv.weight, self.conv.bias, reflect=self.reflect, act=self.act,
+                               negative_slope=self.slope)
+
+
+def _replacement(child: nn.Module, backend: str, onednn: bool, channels_last: bool) -> nn.Module | None:
+    """The fast module for one block, None when it stays as it is (or is not a block)."""
+    if backend in ("cpp", "reference") and not channels_last and narrow_reason(child) is None:
+        return FastNarrowConv(child, backend)  # type: ignore[arg-type]
+    if onednn and isinstance(child, (ConvNormAct, ResBlock)) and onednn_reason_for(child) is None:
+        cls = OneDnnResBlock if isinstance(child, ResBlock) else OneDnnConvNormAct
+        return cls(child, channels_last)  # type: ignore[arg-type]
+    if isinstance(child, (DwsBlock, ResBlock, ConvNormAct)) and unsupported_reason(child) is None:
+        cls = {DwsBlock: FastDwsBlock, ResBlock: FastResBlock, ConvNormAct: FastConvNormAct}[type(child)]
+        return cls(child, backend)  # type: ignore[arg-type]
+    return None
+
+
+def _swap(module: nn.Module, backend: str, onednn: bool, channels_last: bool) -> None:
     for name, child in module.named_children():
-        if isinstance(child, (DwsBlock, ResBlock, ConvNormAct)) and unsupported_reason(child) is None:
-            cls = {DwsBlock: FastDwsBlock, ResBlock: FastResBlock, ConvNormAct: FastConvNormAct}[type(child)]
-            setattr(module, name, cls(child, backend))
+        new = _replacement(child, backend, onednn, channels_last)
+        if new is not None:
+            setattr(module, name, new)
         elif not isinstance(child, (DwsBlock, ResBlock, ConvNormAct)):
-            _swap(child, backend)
+            _swap(child, backend, onednn, channels_last)
+
+
+def _last_layer(net: nn.Module) -> nn.Module | None:
+    layers = getattr(net, "layers", None)
+    return layers[-1] if isinstance(layers, (nn.ModuleList, nn.Sequential)) and len(layers) else None
 
 
 def convert(net: nn.Module, backend: str = "cpp") -> nn.Module:
-    """A copy of ``net`` (eval mode) whose DwsBlock / ResBlock / ConvNormAct-with-norm layers run on
-    agd's fused ops; raises AgdError when ``backend`` does not run here."""
+    """A copy of ``net`` (eval mode) whose DwsBlock / ResBlock / ConvNormAct layers run on agd's fused
+    ops, and on the CPU its norm-free dense convolutions on oneDNN fused convolutions (see the module
+    docstring); raises AgdError when ``backend`` does not run here."""
     if backend not in BACKENDS:
         raise AgdError(f"backend {backend!r}: not one of {', '.join(BACKENDS)}")
     why = available_backends()[backend]
     if why:
         raise AgdError(f"backend {backend!r} is unavailable: {why}")
     fast = copy.deepcopy(net).eval()
-    _swap(fast, backend)
+    onednn = backend == "cpp" and onednn_reason() == ""
+    last = _last_layer(fast)
+    # channels-last only where every layer keeps it: no instance norms, and a last layer that oneDNN
+    # runs (and turns back into NCHW)
+    channels_last = (onednn and not any(isinstance(m, ElasticInstanceNorm2d) for m in fast.modules())
+                     and last is not None and onednn_reason_for(last) is None and isinstance(last, ConvNormAct))
+    _swap(fast, backend, onednn, channels_last)
+    last = _last_layer(fast)
+    if isinstance(last, OneDnnConvNormAct):
+        last.fused.nchw_output = True
     return fast
 
 
@@ -199,6 +391,7 @@ def converted_blocks(net: nn.Module) -> dict[str, int]:
     """How many modules of each fast class ``net`` holds (to report what convert changed)."""
     counts: dict[str, int] = {}
     for m in net.modules():
-        if isinstance(m, (FastDwsBlock, FastResBlock, FastConvNormAct)):
+        if isinstance(m, (FastDwsBlock, FastResBlock, FastConvNormAct, FastNarrowConv, OneDnnConvNormAct,
+                          OneDnnResBlock)):
             counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
     return counts

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && \
     (!defined(__clang__) || __clang_major__ >= 14) && !defined(AGD_NO_TARGET_CLONES)
@@ -32,11 +33,18 @@ namespace blocks {
 // Activation codes shared with agd/ops.py (ACT_CODES).
 enum Act : int64_t { kNone = 0, kRelu = 1, kLeaky = 2, kTanh = 3 };
 
+// Branch-free forms (GCC keeps `v > 0 ? v : v * slope` scalar under -ftrapping-math), so the loops
+// that call these vectorize.
+template <typename T>
+inline T leaky(T v, T slope) {
+  return std::max(v, T(0)) + slope * std::min(v, T(0));
+}
+
 template <typename T>
 inline T activate(T v, int64_t act, T slope) {
   switch (act) {
-    case kRelu: return v > T(0) ? v : T(0);
-    case kLeaky: return v > T(0) ? v : v * slope;
+    case kRelu: return std::max(v, T(0));
+    case kLeaky: return leaky(v, slope);
     case kTanh: return std::tanh(v);
     default: return v;
   }
@@ -53,18 +61,16 @@ inline T activate_grad_from_out(T out, int64_t act, T slope) {
   }
 }
 
-// p[i] = act(p[i] * a + b) over n elements; the switch is hoisted out of the loop.
+// p[i] = act(p[i] * a + b) over n elements; the switch is hoisted out of the loop, and the loops are
+// compiled for AVX-512 / AVX2 / baseline (the caller's own code may be baseline-only).
 template <typename T>
-inline void affine_act(T* __restrict p, int64_t n, T a, T b, int64_t act, T slope) {
+AGD_BLOCK_CLONES static void affine_act(T* __restrict p, int64_t n, T a, T b, int64_t act, T slope) {
   switch (act) {
     case kRelu:
       for (int64_t i = 0; i < n; ++i) p[i] = std::max(p[i] * a + b, T(0));
       break;
     case kLeaky:
-      for (int64_t i = 0; i < n; ++i) {
-        const T v = p[i] * a + b;
-        p[i] = v > T(0) ? v : v * slope;
-      }
+      for (int64_t i = 0; i < n; ++i) p[i] = leaky(p[i] * a + b, slope);
       break;
     case kTanh:
       for (int64_t i = 0; i < n; ++i) p[i] = std::tanh(p[i] * a + b);
@@ -73,6 +79,61 @@ inline void affine_act(T* __restrict p, int64_t n, T a, T b, int64_t act, T slop
       for (int64_t i = 0; i < n; ++i) p[i] = p[i] * a + b;
   }
 }
+
+// o[i] += s[i], then act(o[i] * a + b + s'[i]) fused forms used by the block epilogues.
+template <typename T>
+AGD_BLOCK_CLONES static void add_rows(T* __restrict o, const T* __restrict s, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) o[i] += s[i];
+}
+
+// o[i] = act(o[i] * a + b + s[i]) over n elements.
+template <typename T>
+AGD_BLOCK_CLONES static void affine_add_act(T* __restrict o, const T* __restrict s, int64_t n, T a, T b,
+                                            int64_t act, T slope) {
+  switch (act) {
+    case kRelu:
+      for (int64_t i = 0; i < n; ++i) o[i] = std::max(o[i] * a + b + s[i], T(0));
+      break;
+    case kLeaky:
+      for (int64_t i = 0; i < n; ++i) o[i] = leaky(o[i] * a + b + s[i], slope);
+      break;
+    case kTanh:
+      for (int64_t i = 0; i < n; ++i) o[i] = std::tanh(o[i] * a + b + s[i]);
+      break;
+    default:
+      for (int64_t i = 0; i < n; ++i) o[i] = o[i] * a + b + s[i];
+  }
+}
+
+// Per-thread scratch memory reused across calls. Fresh multi-megabyte buffers on every call come
+// from mmap and cost a page fault per 4 KiB on first touch (about 1 ms per 6 MB here), as much as
+// the arithmetic of a small block; a buffer kept per thread and slot is touched once. Buffers above
+// kMaxCachedBytes are released after the call instead (`Scratch` frees them on destruction).
+constexpr size_t kMaxCachedBytes = size_t(64) << 20;
+
+template <typename T>
+class Scratch {
+ public:
+  Scratch(int slot, size_t n) {
+    std::vector<T>& cached = pool(slot);
+    if (n * sizeof(T) <= kMaxCachedBytes) {
+      if (cached.size() < n) cached.resize(n);
+      ptr_ = cached.data();
+    } else {
+      own_.resize(n);
+      ptr_ = own_.data();
+    }
+  }
+  T* data() const { return ptr_; }
+
+ private:
+  static std::vector<T>& pool(int slot) {
+    static thread_local std::vector<T> slots[4];
+    return slots[slot];
+  }
+  T* ptr_ = nullptr;
+  std::vector<T> own_;
+};
 
 // Row-major C (m x n, ldc) = A' (m x k) * B' (k x n) + beta * C, where A' = A or A^T (ta) and
 // B' = B or B^T (tb), all row-major with the given leading dimensions. Called from inside

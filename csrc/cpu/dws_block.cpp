@@ -38,7 +38,9 @@
 namespace agd {
 namespace {
 
+using blocks::add_rows;
 using blocks::affine_act;
+using blocks::affine_add_act;
 using blocks::gemm;
 
 struct DwsGeom {
@@ -87,14 +89,14 @@ struct Band {
   const T* be;     // expand bias (Hid) or nullptr
   const T* wdw;    // (Hid x 9)
   int64_t thmax;
-  std::vector<T> hid;  // Hid x (thmax + 2) x W
-  std::vector<T> dw;   // Hid x thmax x W
+  blocks::Scratch<T> hid;  // Hid x (thmax + 2) x W (this thread's scratch slot 0)
+  blocks::Scratch<T> dw;   // Hid x thmax x W (slot 1)
   int64_t next = -1;   // the row the carried halo belongs to (band start), -1: nothing carried
 
   Band(const DwsGeom& g_, const T* we_, const T* be_, const T* wdw_, int64_t thmax_)
       : g(g_), we(we_), be(be_), wdw(wdw_), thmax(thmax_),
-        hid(static_cast<size_t>(g_.Hid * (thmax_ + 2) * g_.W)),
-        dw(static_cast<size_t>(g_.Hid * thmax_ * g_.W)) {}
+        hid(0, static_cast<size_t>(g_.Hid * (thmax_ + 2) * g_.W)),
+        dw(1, static_cast<size_t>(g_.Hid * thmax_ * g_.W)) {}
 
   int64_t slab() const { return (thmax + 2) * g.W; }
 
@@ -194,16 +196,29 @@ void finish_stats(const std::vector<double>& sums, int64_t N, int64_t C, int64_t
   }
 }
 
-// Per-thread partial sums (sum, sumsq) of `rows` x `len` values, per (n, c).
+// Per-thread partial sums (sum, sumsq) of `len` values, added to s2[0], s2[1]. Sixteen independent
+// accumulators: without -ffast-math a single running sum cannot be vectorized (FP reassociation).
 template <typename T>
 AGD_BLOCK_CLONES void add_row_stats(const T* __restrict p, int64_t len, double* __restrict s2) {
-  T s = 0, q = 0;
-  for (int64_t i = 0; i < len; ++i) {
-    s += p[i];
-    q += p[i] * p[i];
+  constexpr int kLanes = 16;
+  T s[kLanes] = {}, q[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      s[j] += p[i + j];
+      q[j] += p[i + j] * p[i + j];
+    }
+  double ds = 0, dq = 0;
+  for (; i < len; ++i) {
+    ds += static_cast<double>(p[i]);
+    dq += static_cast<double>(p[i]) * p[i];
   }
-  s2[0] += static_cast<double>(s);
-  s2[1] += static_cast<double>(q);
+  for (int j = 0; j < kLanes; ++j) {
+    ds += static_cast<double>(s[j]);
+    dq += static_cast<double>(q[j]);
+  }
+  s2[0] += ds;
+  s2[1] += dq;
 }
 
 template <typename T>
@@ -240,11 +255,7 @@ at::Tensor dws_block_impl(const at::Tensor& x, const at::Tensor& we_t, const at:
       if (ws != nullptr) {
         gemm<T>(false, false, g.Cout, ncol, g.Cin, ws, g.Cin, xn + lo * g.W, g.HW, T(1), on, g.HW);
       } else {
-        for (int64_t c = 0; c < g.Cout; ++c) {
-          T* o = on + c * g.HW;
-          const T* s = xn + c * g.HW + lo * g.W;
-          for (int64_t i = 0; i < ncol; ++i) o[i] += s[i];
-        }
+        for (int64_t c = 0; c < g.Cout; ++c) add_rows<T>(on + c * g.HW, xn + c * g.HW + lo * g.W, ncol);
       }
       for (int64_t c = 0; c < g.Cout; ++c)
         affine_act<T>(on + c * g.HW, ncol, T(1), T(0), g.act, T(g.slope));
@@ -302,8 +313,8 @@ at::Tensor dws_block_impl(const at::Tensor& x, const at::Tensor& we_t, const at:
   }
 
   // ---- pass 1: expand + N1 + act + dw per band -> dbuf, statistics of the dw output
-  at::Tensor dbuf_t = at::empty({g.N, g.Hid, g.H, g.W}, x.options());
-  T* dbuf = dbuf_t.data_ptr<T>();
+  blocks::Scratch<T> dbuf_s(2, static_cast<size_t>(g.N * g.Hid * g.HW));  // the calling thread's slot 2
+  T* dbuf = dbuf_s.data();
   std::vector<double> part(static_cast<size_t>(nthreads * g.N * g.Hid * 2), 0.0);
   {
     std::vector<std::unique_ptr<Band<T>>> bands(static_cast<size_t>(nthreads));
@@ -356,9 +367,8 @@ at::Tensor dws_block_impl(const at::Tensor& x, const at::Tensor& we_t, const at:
     const int64_t ncol = th * g.W;
     const T* xn = xp + n * g.Cin * g.HW;
     T* on = op + n * g.Cout * g.HW + lo * g.W;
-    std::vector<T> sc;
+    blocks::Scratch<T> sc(3, g.proj ? static_cast<size_t>(g.Cout * ncol) : 0);
     if (g.proj) {
-      sc.resize(static_cast<size_t>(g.Cout * ncol));
       gemm<T>(false, false, g.Cout, ncol, g.Cin, ws_f.data() + n * g.Cout * g.Cin, g.Cin,
               xn + lo * g.W, g.HW, T(0), sc.data(), ncol);
     }
@@ -367,8 +377,7 @@ at::Tensor dws_block_impl(const at::Tensor& x, const at::Tensor& we_t, const at:
       const T a = s3[n * g.Cout + c];
       const T b = c3[n * g.Cout + c] + (g.proj ? bs_f[n * g.Cout + c] : T(0));
       const T* s = g.proj ? sc.data() + c * ncol : xn + c * g.HW + lo * g.W;
-      for (int64_t i = 0; i < ncol; ++i) o[i] = o[i] * a + b + s[i];
-      affine_act<T>(o, ncol, T(1), T(0), g.act, T(g.slope));
+      affine_add_act<T>(o, s, ncol, a, b, g.act, T(g.slope));
     }
   });
   return out;

@@ -46,11 +46,20 @@ AGD_BLOCK_CLONES void plane_stats(const T* __restrict y, int64_t L, double eps, 
 template <typename T>
 AGD_BLOCK_CLONES void plane_apply(const T* __restrict y, const T* __restrict s, T* __restrict o,
                                   int64_t L, T a, T b, int64_t act, T slope) {
-  if (s != nullptr) {
-    for (int64_t i = 0; i < L; ++i) o[i] = activate(y[i] * a + b + s[i], act, slope);
-  } else {
-    for (int64_t i = 0; i < L; ++i) o[i] = activate(y[i] * a + b, act, slope);
+  // one loop per activation so each vectorizes (a switch inside the loop keeps it scalar)
+#define AGD_PLANE_LOOP(EXPR)                                                        \
+  if (s != nullptr) {                                                               \
+    for (int64_t i = 0; i < L; ++i) { const T v = y[i] * a + b + s[i]; o[i] = EXPR; } \
+  } else {                                                                          \
+    for (int64_t i = 0; i < L; ++i) { const T v = y[i] * a + b; o[i] = EXPR; }        \
   }
+  switch (act) {
+    case blocks::kRelu: AGD_PLANE_LOOP(std::max(v, T(0))) break;
+    case blocks::kLeaky: AGD_PLANE_LOOP(blocks::leaky(v, slope)) break;
+    case blocks::kTanh: AGD_PLANE_LOOP(std::tanh(v)) break;
+    default: AGD_PLANE_LOOP(v) break;
+  }
+#undef AGD_PLANE_LOOP
 }
 
 struct EpiArgs {

@@ -64,3 +64,16 @@ def test_student(benchmark, cpp, name, impl):
         out = benchmark.pedantic(m, args=(x,), rounds=5, warmup_rounds=1)
         if impl == "agd":
             assert (out - net(x)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("impl", ["eager", "agd"])
+def test_conv_narrow_translation_head(benchmark, cpp, impl):
+    """The translation head: 7x7 reflect, 32 -> 3 channels, tanh, at 256x256."""
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(1, 32, 256, 256, generator=g), torch.randn(3, 32, 7, 7, generator=g), torch.randn(3, generator=g)
+    ref = ops.conv_narrow_reference(x, w, b, True, ops.ACT_CODES["tanh"], 0.2)
+    if impl == "eager":
+        out = benchmark(ops.conv_narrow_reference, x, w, b, True, ops.ACT_CODES["tanh"], 0.2)
+    else:
+        out = benchmark(ops.conv_narrow, x, w, b, reflect=True, act="tanh")
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
