@@ -144,15 +144,43 @@ def test_arm64_cross_compiles_to_aarch64_elf(tmp_path):
         compile_model(nn.Conv2d(3, 3, 1), spec, (1, 3, 4, 4), CompileConfig())
 
 
-def test_arm64_runs_through_rpc_under_qemu(tmp_path):
+@pytest.fixture
+def arm64_rpc():
+    """(rpc://HOST:PORT/KEY, emulated) of an aarch64 TVM RPC device: AGD_TEST_ARM64_RPC (a real device's
+    tracker), else an emulated one started here: a tracker in this process and an aarch64 Python RPC
+    server under qemu-aarch64 from AGD_ARM64_SYSROOT or .cache/arm64-emu (`python -m agd.tuning.emulate
+    setup DIR` provisions it; .ci/run does). Skips when neither is available."""
     url = os.environ.get("AGD_TEST_ARM64_RPC")
-    if not url:
-        pytest.skip("no aarch64 RPC device: set AGD_TEST_ARM64_RPC=rpc://HOST:PORT/KEY to a tracker with an "
-                    "aarch64 TVM RPC server (e.g. one under qemu-aarch64); agd does not launch one itself")
+    if url:
+        yield url, False
+        return
+    from tvm.rpc.tracker import Tracker
+
+    from agd.tuning.emulate import DEFAULT_DIR, start_rpc_server, unavailable_reason
+
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("aarch64-linux-gnu-g++ absent (apt-get install g++-aarch64-linux-gnu; .ci/run installs it)")
+    emu = Path(os.environ.get("AGD_ARM64_SYSROOT") or REPO / DEFAULT_DIR)
+    reason = unavailable_reason(emu)
+    if reason is not None:
+        pytest.skip(f"no emulated aarch64 device: {reason}; or set AGD_TEST_ARM64_RPC=rpc://HOST:PORT/KEY")
+    tport = _free_port()
+    tracker = Tracker("127.0.0.1", port=tport, port_end=tport + 1, silent=True)
+    try:
+        with start_rpc_server(emu, "127.0.0.1", tracker.port, "agd-arm64-emu", timeout_s=120) as server:
+            yield server.url, True
+    finally:
+        tracker.terminate()
+
+
+def test_arm64_runs_through_rpc_under_qemu(tmp_path, arm64_rpc):
+    url, emulated = arm64_rpc
     spec = resolve_target(url)
-    res = compile_model(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), spec, (1, 3, 8, 8),
-                        CompileConfig(emulated=True))
-    assert res["max_abs_error"] <= 1e-4 and res["emulated"]
+    man = compile_genotype(_genotype(tmp_path), spec, tmp_path / "art", CompileConfig(size=(24, 20), emulated=emulated))
+    assert man["max_abs_error"] <= 1e-4 and man["latency_ms"] > 0 and man["latency_emulated"] is emulated
+    head = (tmp_path / "art" / "model.so").read_bytes()[:20]
+    assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
+    print(f"{url}: {man['latency_ms']:.3f} ms{' (EMULATED under qemu, not ARM speed)' if emulated else ''}")
 
 
 def test_cuda_codegen_builds_without_a_gpu(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,7 +125,12 @@ def target_status(name: str) -> BackendStatus:
             return BackendStatus(label, True, "native aarch64 host")
         if shutil.which(ARM64_CROSS_CXX) is None:
             return BackendStatus(label, False, f"cross compiler {ARM64_CROSS_CXX} not found (apt-get install g++-aarch64-linux-gnu)")
-        run = "runs via TVM RPC" + (" (qemu-aarch64 found for emulated tests)" if shutil.which("qemu-aarch64") else "")
+        from agd.tuning.emulate import DEFAULT_DIR, find_qemu, unavailable_reason
+
+        qemu = find_qemu()
+        emu = unavailable_reason(DEFAULT_DIR)
+        run = "runs via TVM RPC" + (f"; emulated device: {Path(qemu).name} + {DEFAULT_DIR}" if qemu and emu is None
+                                    else f"; no emulated device ({emu})")
         return BackendStatus(label, True, f"cross-compiles with {ARM64_CROSS_CXX}; {run}")
     if name == "cuda":
         import tvm_ffi
