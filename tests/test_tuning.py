@@ -335,6 +335,35 @@ tune(prog.mod, resolve_target("x86"), sys.argv[1], TuneConfig(trials=2, trials_p
 
 
 @pytest.mark.slow  # 30-60 s idle, 2-3 min on a loaded 2-core machine: three TVM imports and two tuned tasks
+def test_trials_follow_each_tasks_share_of_the_work(x86, monkeypatch):
+    from types import SimpleNamespace
+
+    from agd.tuning import tune as tune_mod
+    from agd.tuning.build import fused_module, tvm_target
+    from agd.tuning.export import to_relax
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
+
+    tasks = [SimpleNamespace(name=n) for n in "abcd"]
+    work = {"a": 8e9, "b": 1e9, "c": 1e9, "d": float("nan")}  # d: the estimator failed, counted as average
+    monkeypatch.setattr(tune_mod, "task_work", lambda t: work[t.name])
+    alloc = tune_mod.allocate_trials(tasks, 1000, 16)
+    assert alloc[0] > 5 * alloc[1] and alloc[1] == alloc[2] >= 16 and alloc[3] > alloc[1]
+    assert abs(sum(alloc) - 1000) <= len(tasks)
+    assert tune_mod.allocate_trials(tasks, 2, 16) == [1, 1, 1, 1]  # a tiny budget is not inflated by the floor
+    monkeypatch.undo()
+    # on a real model the estimator sees every convolution task, weighted by how often it is called
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)).eval()
+    prog = to_relax(net, torch.rand(1, 3, 16, 16))
+    target = tvm_target(x86)
+    convs = [t for t in extract_tasks(fused_module(prog.mod, target), target) if "conv" in t.task_name]
+    works = [tune_mod.task_work(t) for t in convs]
+    assert all(w > 0 for w in works)
+    # the largest: the 8->8 conv + ReLU, called twice (2 x (2 FLOPs per MAC x MACs)); the rest once
+    assert max(works) == pytest.approx(2 * 2 * 16 * 16 * 8 * 8 * 9, rel=0.05)
+    assert sorted(works)[:-1] == pytest.approx([2 * 16 * 16 * 8 * 3 * 9, 2 * 16 * 16 * 3 * 8 * 9], rel=0.05)
+
+
 def test_killed_tuning_resumes_from_database_and_tuned_build_matches(tmp_path, x86):
     from agd.tuning.tune import TuneConfig, database_records, tune
 

@@ -1,9 +1,10 @@
 """MetaSchedule tuning with a persistent JSON database per target.
 
-The database (``database_workload.json`` + ``database_tuning_record.json`` in the work dir) is appended
-record by record as candidates are measured, so a killed run loses at most the batch in flight; the next
-run skips every workload that already has ``trials`` records (or more) and warm-starts the rest from the
-records there. Workloads shared with an earlier architecture (same operator, shapes, target) are
+The model's trial budget is split over its convolution tasks by their share of its arithmetic
+(:func:`allocate_trials`). The database (``database_workload.json`` + ``database_tuning_record.json`` in
+the work dir) is appended record by record as candidates are measured, so a killed run loses at most
+the batch in flight; the next run skips every workload that already has its share of the trials in
+records (or more) and warm-starts the rest from the records there. Workloads shared with an earlier architecture (same operator, shapes, target) are
 therefore tuned once.
 
 Builds run in worker processes with :func:`build_candidate`, which avoids TVM's default builder's
@@ -26,7 +27,8 @@ DB_FILES = ("database_workload.json", "database_tuning_record.json")
 
 @dataclass(frozen=True)
 class TuneConfig:
-    trials: int = 64  # budget for this model, split evenly over its tuned tasks
+    trials: int = 64  # budget for this model, split over its tuned tasks by their share of the work
+    min_trials_per_task: int = 16
     trials_per_iter: int = 16
     runner_timeout_s: float = 8.0  # short: legalized instance_norm yields pathologically slow candidates
     builder_timeout_s: float = 120.0
@@ -87,6 +89,32 @@ def _records_per_workload(db: Any, tasks: list[Any]) -> list[int]:
     return counts
 
 
+def task_work(task: Any) -> float:
+    """A task's share of the model's arithmetic: its FLOPs times how often the model calls it."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        flops = float(estimate_tir_flops(task.dispatched[0]))
+    except Exception:  # noqa: BLE001 (an estimator gap must not stop tuning: count the task as average)
+        flops = float("nan")
+    return flops * max(1, int(task.weight))
+
+
+def allocate_trials(tasks: list[Any], trials: int, floor: int) -> list[int]:
+    """Split ``trials`` over ``tasks`` in proportion to their work (:func:`task_work`), at least ``floor``
+    each (and at most ``trials``), so the convolutions that dominate the model get the search; an even
+    split spends as much on a 1x1 stem as on a body convolution called eight times."""
+    if not tasks:
+        return []
+    work = [task_work(t) for t in tasks]
+    known = [w for w in work if w == w and w > 0]
+    mean = sum(known) / len(known) if known else 1.0
+    work = [w if w == w and w > 0 else mean for w in work]
+    total = sum(work)
+    floor = min(floor, max(1, trials // len(tasks)))  # a small budget is not multiplied by the floor
+    return [min(trials, max(floor, round(trials * w / total))) for w in work]
+
+
 def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = TuneConfig(),
          runner: Any = None) -> TuneReport:
     """Tune the Relax module's fused workloads for ``spec`` into the database in ``work_dir``.
@@ -105,21 +133,21 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
              if any(k in t.task_name for k in config.task_filter)]
     db = ms.database.JSONDatabase(work_dir=str(work_dir))
     before = database_records(work_dir)
-    per_task = max(1, config.trials // max(1, len(tasks)))
+    alloc = allocate_trials(tasks, config.trials, config.min_trials_per_task)
     counts = _records_per_workload(db, tasks)
-    todo = [t for t, n in zip(tasks, counts) if n < per_task] if config.trials > 0 else []
+    todo = [(t, a) for t, a, n in zip(tasks, alloc, counts) if n < a] if config.trials > 0 else []
     runner = runner or ms.runner.LocalRunner(timeout_sec=config.runner_timeout_s)
     builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=config.builder_timeout_s)
     # one task per tune_tasks call: MetaSchedule commits a task's records to the database when it joins
     # that task's measurements, so this bounds what a killed run loses to the task in flight
-    for k, task in enumerate(todo):
+    for k, (task, budget) in enumerate(todo):
         strategy = ms.search_strategy.EvolutionarySearch(population_size=config.population,
                                                          init_min_unmeasured=min(50, config.population // 2))
         contexts, weights = extracted_tasks_to_tune_contexts([task], work_dir=str(work_dir), strategy=strategy,
                                                              seed=config.seed + k)
         ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir),
-                           max_trials_global=per_task, max_trials_per_task=per_task,
-                           num_trials_per_iter=min(config.trials_per_iter, per_task),
+                           max_trials_global=budget, max_trials_per_task=budget,
+                           num_trials_per_iter=min(config.trials_per_iter, budget),
                            builder=builder, runner=runner, database=db)
     return TuneReport(len(tasks), len(todo), len(tasks) - len(todo), before,
                       database_records(work_dir), time.perf_counter() - t0, database_digest(work_dir))
