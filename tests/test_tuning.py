@@ -335,6 +335,21 @@ tune(prog.mod, resolve_target("x86"), sys.argv[1], TuneConfig(trials=2, trials_p
 
 
 @pytest.mark.slow  # 30-60 s idle, 2-3 min on a loaded 2-core machine: three TVM imports and two tuned tasks
+def test_tuning_workers_cannot_take_the_machines_memory():
+    """The builder/runner worker initializer caps the address space: a runaway allocation fails there."""
+    from agd.tuning.tune import worker_memory_limit
+
+    code = ("from agd.tuning.tune import limit_worker_memory, worker_memory_limit\n"
+            "limit_worker_memory()\n"
+            "try:\n"
+            "    bytearray(worker_memory_limit() + (1 << 30))\n"
+            "except MemoryError:\n"
+            "    print('capped')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "capped", out.stderr
+    assert worker_memory_limit() >= 4 << 30
+
+
 def test_trials_follow_each_tasks_share_of_the_work(x86, monkeypatch):
     from types import SimpleNamespace
 

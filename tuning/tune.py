@@ -59,6 +59,29 @@ def build_candidate(mod: Any, target: Any, _params: Any) -> Any:
     return tvm_build(mod, target=target)
 
 
+def worker_memory_limit() -> int:
+    """Bytes of address space a tuning worker may use: a quarter of this machine's memory, at least 4 GiB.
+    MetaSchedule's builders and runners are child processes; one pathological candidate (seen here: a
+    builder worker of an SR convolution at 23.5 GB resident) would otherwise swap the machine to a halt
+    long before the builder's timeout can fire."""
+    import os
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(4 << 30, total // 4)
+
+
+def limit_worker_memory() -> None:
+    """PopenPool worker initializer (builders and runners): cap the worker's address space at
+    :func:`worker_memory_limit`, so a runaway candidate fails with an allocation error instead."""
+    import resource
+
+    limit = worker_memory_limit()
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
 def database_records(work_dir: str | Path) -> int:
     p = Path(work_dir) / DB_FILES[1]
     if not p.is_file():
@@ -136,8 +159,9 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
     alloc = allocate_trials(tasks, config.trials, config.min_trials_per_task)
     counts = _records_per_workload(db, tasks)
     todo = [(t, a) for t, a, n in zip(tasks, alloc, counts) if n < a] if config.trials > 0 else []
-    runner = runner or ms.runner.LocalRunner(timeout_sec=config.runner_timeout_s)
-    builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=config.builder_timeout_s)
+    runner = runner or ms.runner.LocalRunner(timeout_sec=config.runner_timeout_s, initializer=limit_worker_memory)
+    builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=config.builder_timeout_s,
+                                      initializer=limit_worker_memory)
     # one task per tune_tasks call: MetaSchedule commits a task's records to the database when it joins
     # that task's measurements, so this bounds what a killed run loses to the task in flight
     for k, (task, budget) in enumerate(todo):
