@@ -17,7 +17,6 @@ Bytes moved are the minimum a fused implementation must move; GB/s = bytes / med
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,6 +24,7 @@ import torch
 
 from agd import ops
 from agd.ops import EpilogueCandidate
+from agd.timing import wall_times_ms
 
 
 @dataclass(frozen=True)
@@ -94,13 +94,7 @@ def timer(device: str) -> Callable[[Callable[[], object]], float]:
         return lambda fn: float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
     def cpu(fn, reps: int = 5) -> float:
-        fn()
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(ts)
+        return statistics.median(wall_times_ms(fn, reps, warmup=1))
 
     return cpu
 

@@ -15,6 +15,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from agd.timing import wall_times_ms
+
 BACKENDS = ("eager", "torch.compile", "onnxruntime", "tvm-untuned", "tvm-tuned")
 
 
@@ -30,13 +32,7 @@ class CompareConfig:
 
 
 def _time(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
+    ts = wall_times_ms(fn, repeats, warmup)
     return {"median_ms": statistics.median(ts), "min_ms": min(ts), "repeats": repeats}
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from torch import nn
 
 from agd import ops
 from agd.io import AgdError
+from agd.timing import interleaved_times_ms
 
 
 @dataclass(frozen=True)
@@ -44,37 +44,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, cfg: SuiteConfig) -> dict[str, float]:
+    """Median wall time (ms) of each of ``fns`` under no_grad, the calls alternating (see
+    :func:`agd.timing.interleaved_times_ms`), the device synchronised around each call."""
+    with torch.no_grad():
+        times = interleaved_times_ms(fns, cfg.reps, cfg.warmup, sync=lambda: _sync(device))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def time_ms(fn: Callable[[], object], device: torch.device, cfg: SuiteConfig) -> float:
     """Median wall time of ``fn`` in milliseconds (synchronising the device around each call)."""
-    with torch.no_grad():
-        for _ in range(cfg.warmup):
-            fn()
-        _sync(device)
-        times = []
-        for _ in range(cfg.reps):
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, cfg: SuiteConfig) -> dict[str, float]:
-    """Median wall time (ms) of each of ``fns``, the calls alternating (a, b, a, b, ...) so that a change
-    in machine load or memory state during the run affects every backend alike."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    with torch.no_grad():
-        for _ in range(cfg.warmup):
-            for fn in fns.values():
-                fn()
-        _sync(device)
-        for _ in range(cfg.reps):
-            for k, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                _sync(device)
-                times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return time_interleaved({"fn": fn}, device, cfg)["fn"]
 
 
 def _rows(op: str, shape: str, timings: dict[str, float]) -> list[dict]:
@@ -145,7 +125,7 @@ def _bench_narrow(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[d
         b = torch.randn(3, generator=g).to(device)
         code = ops.ACT_CODES[act]
 
-        def eager(x=x, w=w, b=b, k=k, reflect=reflect, code=code):
+        def eager(x=x, w=w, b=b, reflect=reflect, code=code):
             return ops.conv_narrow_reference(x, w, b, reflect, code, 0.2)
 
         t = time_interleaved({"eager": eager, "agd": lambda x=x, w=w, b=b, reflect=reflect, code=code:

@@ -333,7 +333,7 @@ class FastNarrowConv(nn.Module):
         if self.backend == "reference":
             return ops.conv_narrow_reference(x, self.conv.weight, self.conv.bias, self.reflect, ops.ACT_CODES[self.act],
                                              self.slope)
-        return ops.conv_narrow(x.contiguous(), self.conv.weight, self.conv.bias, reflect=self.reflect, act=self.act,
+        return ops.conv_narrow(x, self.conv.weight, self.conv.bias, reflect=self.reflect, act=self.act,
                                negative_slope=self.slope)
 
 

@@ -1,5 +1,5 @@
 // Shared helpers of the block kernels (dwconv3x3.cpp, residual.cpp, dws_block.cpp):
-// activations, SIMD clone attribute, and a row-major GEMM that calls the BLAS sgemm_ linked into
+// activations, fused element-wise loops, per-thread scratch memory, and a row-major GEMM that calls the BLAS sgemm_ linked into
 // libtorch_cpu (MKL on x86-64 wheels) when present, a plain loop otherwise.
 #pragma once
 
@@ -10,13 +10,7 @@
 #include <cstdint>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && \
-    (!defined(__clang__) || __clang_major__ >= 14) && !defined(AGD_NO_TARGET_CLONES)
-#define AGD_BLOCK_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define AGD_BLOCK_CLONES
-#endif
+#include "cpu/simd.h"
 
 // Fortran BLAS (LP64) and MKL's per-thread thread count, weak so the library still loads against a
 // torch built without them (then the loop GEMM below runs).
@@ -64,7 +58,7 @@ inline T activate_grad_from_out(T out, int64_t act, T slope) {
 // p[i] = act(p[i] * a + b) over n elements; the switch is hoisted out of the loop, and the loops are
 // compiled for AVX-512 / AVX2 / baseline (the caller's own code may be baseline-only).
 template <typename T>
-AGD_BLOCK_CLONES static void affine_act(T* __restrict p, int64_t n, T a, T b, int64_t act, T slope) {
+AGD_SIMD_CLONES static void affine_act(T* __restrict p, int64_t n, T a, T b, int64_t act, T slope) {
   switch (act) {
     case kRelu:
       for (int64_t i = 0; i < n; ++i) p[i] = std::max(p[i] * a + b, T(0));
@@ -80,15 +74,15 @@ AGD_BLOCK_CLONES static void affine_act(T* __restrict p, int64_t n, T a, T b, in
   }
 }
 
-// o[i] += s[i], then act(o[i] * a + b + s'[i]) fused forms used by the block epilogues.
+// o[i] += s[i] over n elements.
 template <typename T>
-AGD_BLOCK_CLONES static void add_rows(T* __restrict o, const T* __restrict s, int64_t n) {
+AGD_SIMD_CLONES static void add_rows(T* __restrict o, const T* __restrict s, int64_t n) {
   for (int64_t i = 0; i < n; ++i) o[i] += s[i];
 }
 
 // o[i] = act(o[i] * a + b + s[i]) over n elements.
 template <typename T>
-AGD_BLOCK_CLONES static void affine_add_act(T* __restrict o, const T* __restrict s, int64_t n, T a, T b,
+AGD_SIMD_CLONES static void affine_add_act(T* __restrict o, const T* __restrict s, int64_t n, T a, T b,
                                             int64_t act, T slope) {
   switch (act) {
     case kRelu:

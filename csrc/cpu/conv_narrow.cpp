@@ -59,7 +59,7 @@ struct Vec64 {
 };
 
 template <typename T, int NO, int KT>
-AGD_BLOCK_CLONES void accumulate_chunk(const T* const* rows, const T* __restrict wk, int64_t cs, int64_t k_rt,
+AGD_SIMD_CLONES void accumulate_chunk(const T* const* rows, const T* __restrict wk, int64_t cs, int64_t k_rt,
                                        T* __restrict acc, int64_t accs, int64_t w0, int64_t n) {
   using V = typename Vec64<T>::type;
   constexpr int L = Vec64<T>::kLanes;

@@ -37,7 +37,7 @@ inline void valid_cols(int64_t off, int64_t s, int64_t W, int64_t OW, int64_t& l
 
 // ---------------------------------------------------------------------------------- NCHW
 template <typename T>
-AGD_BLOCK_CLONES void fwd_row_nchw(const T* __restrict xp, const T* __restrict k, T* __restrict o,
+AGD_SIMD_CLONES void fwd_row_nchw(const T* __restrict xp, const T* __restrict k, T* __restrict o,
                                    int64_t oh, const DwGeom& g) {
   std::fill(o, o + g.OW, T(0));
   for (int64_t i = 0; i < 3; ++i) {
@@ -72,7 +72,7 @@ void forward_nchw(const T* x, const T* w, T* out, const DwGeom& g) {
 }
 
 template <typename T>
-AGD_BLOCK_CLONES void bwd_input_plane_nchw(const T* __restrict gp, const T* __restrict k,
+AGD_SIMD_CLONES void bwd_input_plane_nchw(const T* __restrict gp, const T* __restrict k,
                                            T* __restrict gx, const DwGeom& g) {
   std::fill(gx, gx + g.H * g.W, T(0));
   for (int64_t oh = 0; oh < g.OH; ++oh) {
@@ -98,7 +98,7 @@ AGD_BLOCK_CLONES void bwd_input_plane_nchw(const T* __restrict gp, const T* __re
 }
 
 template <typename T>
-AGD_BLOCK_CLONES void bwd_weight_plane_nchw(const T* __restrict gp, const T* __restrict xp,
+AGD_SIMD_CLONES void bwd_weight_plane_nchw(const T* __restrict gp, const T* __restrict xp,
                                             double* __restrict acc9, const DwGeom& g) {
   for (int64_t oh = 0; oh < g.OH; ++oh) {
     const T* gr = gp + oh * g.OW;
@@ -145,7 +145,7 @@ void backward_nchw(const T* grad, const T* x, const T* w, T* gx, T* gw, const Dw
 // ---------------------------------------------------------------------------------- NHWC
 // wt: weights transposed to [9][C].
 template <typename T>
-AGD_BLOCK_CLONES void fwd_row_nhwc(const T* __restrict xn, const T* __restrict wt,
+AGD_SIMD_CLONES void fwd_row_nhwc(const T* __restrict xn, const T* __restrict wt,
                                    T* __restrict o, int64_t oh, const DwGeom& g) {
   const int64_t C = g.C;
   for (int64_t ow = 0; ow < g.OW; ++ow) {
@@ -166,7 +166,7 @@ AGD_BLOCK_CLONES void fwd_row_nhwc(const T* __restrict xn, const T* __restrict w
 }
 
 template <typename T>
-AGD_BLOCK_CLONES void bwd_input_row_nhwc(const T* __restrict gn, const T* __restrict wt,
+AGD_SIMD_CLONES void bwd_input_row_nhwc(const T* __restrict gn, const T* __restrict wt,
                                          T* __restrict gxr, int64_t ih, const DwGeom& g) {
   const int64_t C = g.C;
   for (int64_t iw = 0; iw < g.W; ++iw) {
@@ -188,7 +188,7 @@ AGD_BLOCK_CLONES void bwd_input_row_nhwc(const T* __restrict gn, const T* __rest
 }
 
 template <typename T>
-AGD_BLOCK_CLONES void bwd_weight_row_nhwc(const T* __restrict gn, const T* __restrict xn,
+AGD_SIMD_CLONES void bwd_weight_row_nhwc(const T* __restrict gn, const T* __restrict xn,
                                           T* __restrict part, int64_t oh, const DwGeom& g) {
   const int64_t C = g.C;
   for (int64_t i = 0; i < 3; ++i) {

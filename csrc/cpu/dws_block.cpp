@@ -57,7 +57,7 @@ int64_t band_rows(const DwsGeom& g) {
 }
 
 template <typename T>
-AGD_BLOCK_CLONES void dw_row(const T* __restrict r0, const T* __restrict r1, const T* __restrict r2,
+AGD_SIMD_CLONES void dw_row(const T* __restrict r0, const T* __restrict r1, const T* __restrict r2,
                              const T* __restrict k, T* __restrict o, int64_t W, bool reflect) {
   const T* rows[3] = {r0, r1, r2};
   if (W == 1) {
@@ -199,7 +199,7 @@ void finish_stats(const std::vector<double>& sums, int64_t N, int64_t C, int64_t
 // Per-thread partial sums (sum, sumsq) of `len` values, added to s2[0], s2[1]. Sixteen independent
 // accumulators: without -ffast-math a single running sum cannot be vectorized (FP reassociation).
 template <typename T>
-AGD_BLOCK_CLONES void add_row_stats(const T* __restrict p, int64_t len, double* __restrict s2) {
+AGD_SIMD_CLONES void add_row_stats(const T* __restrict p, int64_t len, double* __restrict s2) {
   constexpr int kLanes = 16;
   T s[kLanes] = {}, q[kLanes] = {};
   int64_t i = 0;

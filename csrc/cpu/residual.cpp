@@ -19,11 +19,10 @@
 namespace agd {
 namespace {
 
-using blocks::activate;
 using blocks::activate_grad_from_out;
 
 template <typename T>
-AGD_BLOCK_CLONES void plane_stats(const T* __restrict y, int64_t L, double eps, T& mean_out,
+AGD_SIMD_CLONES void plane_stats(const T* __restrict y, int64_t L, double eps, T& mean_out,
                                   T& rstd_out) {
   double s = 0;
   {
@@ -44,7 +43,7 @@ AGD_BLOCK_CLONES void plane_stats(const T* __restrict y, int64_t L, double eps, 
 }
 
 template <typename T>
-AGD_BLOCK_CLONES void plane_apply(const T* __restrict y, const T* __restrict s, T* __restrict o,
+AGD_SIMD_CLONES void plane_apply(const T* __restrict y, const T* __restrict s, T* __restrict o,
                                   int64_t L, T a, T b, int64_t act, T slope) {
   // one loop per activation so each vectorizes (a switch inside the loop keeps it scalar)
 #define AGD_PLANE_LOOP(EXPR)                                                        \
@@ -125,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_residual_cpu(
 }
 
 template <typename T>
-AGD_BLOCK_CLONES void plane_backward(const T* __restrict g, const T* __restrict y,
+AGD_SIMD_CLONES void plane_backward(const T* __restrict g, const T* __restrict y,
                                      const T* __restrict o, T* __restrict gy, T* __restrict gs,
                                      int64_t L, bool norm, T m, T r, T wc, int64_t act, T slope,
                                      double& sum_g, double& sum_gz) {
