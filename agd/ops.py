@@ -9,7 +9,8 @@ library, so other fragments can coexist), registers the fake implementation, the
 as the ``CompositeExplicitAutograd`` kernel (the op exists on every device without any compiled
 code) and the backward formula. The C++ library ``agd/_C*.so`` (built by setup.py from csrc/) adds
 kernels for the ``CPU`` dispatch key with ``TORCH_LIBRARY_IMPL``; a kernel registered for a backend
-key takes precedence over the composite one. It also defines ``agd::build_info() -> str``.
+key takes precedence over the composite one. It also defines ``agd::build_info() -> str`` and
+``agd::block_gemm_backend() -> str``.
 
 The compiled library is loaded lazily, on the first call that can use it (or ``cpp_status()``),
 never at import time. ``AGD_DISABLE_CPP=1`` forces the references; it is read at every call, so it
@@ -482,7 +483,14 @@ def norm_act_residual_reference(y, shortcut, weight, bias, norm: bool, act: int,
         z = z + bias.reshape(1, -1, 1, 1)
     if shortcut is not None:
         z = z + shortcut
-    return _blocks_act_ref(z, act, negative_slope).contiguous(), mean.contiguous(), rstd.contiguous()
+    out = _blocks_act_ref(z, act, negative_slope).contiguous(memory_format=_residual_out_format(y))
+    return out, mean.contiguous(), rstd.contiguous()
+
+
+def _residual_out_format(y: torch.Tensor) -> torch.memory_format:
+    """The epilogue's output layout: channels-last for a channels-last y (C > 1), else contiguous NCHW."""
+    cl = y.shape[1] > 1 and y.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if cl else torch.contiguous_format
 
 
 def norm_act_residual_backward_reference(grad, y, out, mean, rstd, weight, norm: bool, act: int,
@@ -520,7 +528,8 @@ _LIB.impl("norm_act_residual_backward", norm_act_residual_backward_reference, "C
 def _norm_act_residual_fake(y, shortcut, weight, bias, norm, act, negative_slope, eps):
     _check_residual_args(y, shortcut, weight, bias, act)
     stats = (y.shape[0], y.shape[1]) if norm else (0, 0)
-    return y.new_empty(y.shape), y.new_empty(stats), y.new_empty(stats)
+    return (torch.empty(y.shape, dtype=y.dtype, device=y.device, memory_format=_residual_out_format(y)),
+            y.new_empty(stats), y.new_empty(stats))
 
 
 @torch.library.register_fake("agd::norm_act_residual_backward", lib=_LIB)
@@ -700,6 +709,50 @@ def conv_narrow(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if needs_grad or _blocks_use_reference("conv_narrow", x):
         return conv_narrow_reference(x, weight, bias, reflect, ACT_CODES[act], negative_slope)
     return torch.ops.agd.conv_narrow(x, weight, bias, reflect, ACT_CODES[act], negative_slope)
+
+
+# ---- block_gemm: out = a @ b, the GEMM inside the CPU block kernels (csrc/cpu/sgemm_avx512.cpp),
+# exposed so it is tested and benchmarked on its own. backend: "auto" (what the block kernels use:
+# AGD_BLOCK_GEMM if set, else AVX-512 when the CPU has it, else BLAS), "avx512", "blas" or "loop".
+
+BLOCK_GEMM_BACKENDS = ("auto", "avx512", "blas", "loop")
+
+_LIB.define("block_gemm(Tensor a, Tensor b, str backend) -> Tensor")
+
+
+def block_gemm_name() -> str:
+    """The GEMM the C++ block kernels run here ("avx512", "blas" or "loop"), or why none does."""
+    ok, why = _CPU_LIBRARY.load()
+    if not ok:
+        return f"none ({why})"
+    try:
+        return torch.ops.agd.block_gemm_backend()
+    except RuntimeError as e:  # a bad AGD_BLOCK_GEMM value
+        return f"none ({str(e).splitlines()[0]})"
+
+
+def _check_block_gemm_args(a, b, backend) -> None:
+    torch._check_value(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[0],
+                       lambda: f"agd::block_gemm: needs (m, k) @ (k, n), got {tuple(a.shape)} @ {tuple(b.shape)}")
+    torch._check_value(a.dtype == b.dtype and a.dtype in (torch.float32, torch.float64),
+                       lambda: f"agd::block_gemm: a and b must both be float32 or float64, got {a.dtype}, {b.dtype}")
+    torch._check_value(backend in BLOCK_GEMM_BACKENDS,
+                       lambda: f"agd::block_gemm: backend {backend!r} is not one of {', '.join(BLOCK_GEMM_BACKENDS)}")
+
+
+def block_gemm_reference(a: torch.Tensor, b: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """PyTorch reference: a @ b."""
+    _check_block_gemm_args(a, b, backend)
+    return torch.mm(a, b)
+
+
+_LIB.impl("block_gemm", block_gemm_reference, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("agd::block_gemm", lib=_LIB)
+def _block_gemm_fake(a, b, backend):
+    _check_block_gemm_args(a, b, backend)
+    return a.new_empty((a.shape[0], b.shape[1]))
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 //
 // Scheme: Python (agd/ops.py) defines every op schema, its fake implementation and its PyTorch
 // reference (CompositeExplicitAutograd); this library adds CPU kernels with TORCH_LIBRARY_IMPL
-// (see csrc/cpu/*.cpp) and defines one op of its own, agd::build_info, which says how it was built.
+// (see csrc/cpu/*.cpp) and defines two ops of its own: agd::build_info, which says how it was built,
+// and agd::block_gemm_backend, the GEMM the block kernels run.
 // The library is loaded with torch.ops.load_library and has no Python module init (it is built with
 // Py_LIMITED_API and never includes Python headers).
 
@@ -12,6 +13,8 @@
 
 #include <sstream>
 #include <string>
+
+#include "cpu/blocks_common.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -36,7 +39,8 @@ std::string compiler() {
 #endif
 }
 
-// One line: compiler; flags; OpenMP; torch headers the library was compiled against.
+// One line: compiler; flags; OpenMP; the block kernels' GEMM; torch headers the library was
+// compiled against.
 std::string build_info() {
   std::ostringstream s;
   s << compiler() << "; flags " << AGD_BUILD_FLAGS << "; ";
@@ -45,14 +49,25 @@ std::string build_info() {
 #else
   s << "no OpenMP (at::parallel_for runs on one thread)";
 #endif
+  std::string gemm;
+  try {
+    gemm = blocks::gemm_backend();
+  } catch (const c10::Error& e) {  // a bad AGD_BLOCK_GEMM value: say so here too
+    gemm = e.what_without_backtrace();
+  }
+  s << "; block GEMM: " << gemm;
   s << "; built against torch " << TORCH_VERSION_MAJOR << "." << TORCH_VERSION_MINOR << "."
     << TORCH_VERSION_PATCH;
   return s.str();
 }
+
+// "avx512", "blas" or "loop": the GEMM the block kernels run (AGD_BLOCK_GEMM or the fastest here).
+std::string block_gemm_backend() { return blocks::gemm_kind_name(blocks::block_gemm_kind()); }
 
 }  // namespace
 }  // namespace agd
 
 TORCH_LIBRARY_FRAGMENT(agd, m) {
   m.def("build_info() -> str", &agd::build_info);
+  m.def("block_gemm_backend() -> str", &agd::block_gemm_backend);
 }

@@ -110,18 +110,26 @@ def _epilogue64(y, s, w, b, norm, act, slope=0.2, eps=1e-5):
     return {0: lambda t: t, 1: torch.relu, 2: lambda t: F.leaky_relu(t, slope), 3: torch.tanh}[act](z)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("norm", [True, False])
 @pytest.mark.parametrize("shortcut", [True, False])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("act", [0, 1, 2, 3])
-def test_epilogue_cpp_float64(cpp, norm, shortcut, affine, act):
-    y = torch.randn(2, 5, 7, 3, dtype=torch.float64, generator=_gen(8), requires_grad=True)
-    s = torch.randn(2, 5, 7, 3, dtype=torch.float64, generator=_gen(9), requires_grad=True) if shortcut else None
+def test_epilogue_cpp_float64(cpp, norm, shortcut, affine, act, channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def t4(seed):  # a (2, 5, 7, 3) leaf in the tested memory format
+        return torch.randn(2, 5, 7, 3, dtype=torch.float64, generator=_gen(seed)).contiguous(
+            memory_format=fmt).requires_grad_(True)
+
+    y = t4(8)
+    s = t4(9) if shortcut else None
     w = torch.randn(5, dtype=torch.float64, generator=_gen(10), requires_grad=True) if affine else None
     b = torch.randn(5, dtype=torch.float64, generator=_gen(11), requires_grad=True) if affine else None
     out, mean, rstd = torch.ops.agd.norm_act_residual(y, s, w, b, norm, act, 0.2, 1e-5)
     ref = _epilogue64(y, s, w, b, norm, act)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    assert out.is_contiguous(memory_format=fmt)
     if norm:
         torch.testing.assert_close(mean, y.mean((2, 3)))
     ins = [t for t in (y, s, w, b) if t is not None]
@@ -130,12 +138,21 @@ def test_epilogue_cpp_float64(cpp, norm, shortcut, affine, act):
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)
 
 
-def test_epilogue_float32_and_channels_last(cpp):
-    y = torch.randn(1, 33, 17, 15, generator=_gen(13)).contiguous(memory_format=torch.channels_last)
-    s = torch.randn(1, 33, 17, 15, generator=_gen(14))
-    out = ops.norm_act_residual(y, s, norm=True, act="lrelu")
-    torch.testing.assert_close(out.double(), _epilogue64(y.double(), s.double(), None, None, True, 2),
-                               rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("shape", [(1, 33, 17, 15), (2, 7, 2, 1), (1, 130, 9, 70), (1, 1, 5, 5)])
+def test_epilogue_float32_and_channels_last(cpp, shape):
+    """float32 against float64 in both layouts; the NHWC path's per-channel sums cross its 64-pixel blocks
+    (9 x 70 pixels), a mixed-layout shortcut is accepted, and C == 1 keeps the NCHW path."""
+    y = torch.randn(*shape, generator=_gen(13)) * 3 + 5  # a large mean: the two-pass variance matters
+    s = torch.randn(*shape, generator=_gen(14))
+    want = _epilogue64(y.double(), s.double(), None, None, True, 2)
+    for y_in in (y, y.contiguous(memory_format=torch.channels_last)):
+        out = ops.norm_act_residual(y_in, s, norm=True, act="lrelu")
+        torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            got = torch.ops.agd.norm_act_residual(y_in, s, None, None, True, 2, 0.2, 1e-5)
+        torch.testing.assert_close(got[1].double(), y.double().mean((2, 3)), rtol=1e-5, atol=1e-5)
+        cl = shape[1] > 1 and y_in.is_contiguous(memory_format=torch.channels_last)
+        assert out.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
 @pytest.mark.parametrize("impl", ["reference", "cpp"])
@@ -158,8 +175,19 @@ def test_epilogue_fake_and_errors():
         y = torch.empty(2, 3, 4, 5)
         out, mean, rstd = torch.ops.agd.norm_act_residual(y, None, None, None, True, 1, 0.2, 1e-5)
         assert out.shape == y.shape and mean.shape == (2, 3)
+        y_cl = y.contiguous(memory_format=torch.channels_last)
+        out = torch.ops.agd.norm_act_residual(y_cl, None, None, None, True, 1, 0.2, 1e-5)[0]
+        assert out.is_contiguous(memory_format=torch.channels_last)  # as the kernels return it
     with pytest.raises(ValueError, match="activation"):
         ops.norm_act_residual(torch.randn(1, 2, 3, 3), act="gelu")
+
+
+def test_epilogue_opcheck_both_layouts(cpp):
+    """Schema, fake (its output layout included) and autograd registration agree with the C++ kernel."""
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        y = torch.randn(1, 6, 5, 4, generator=_gen(19)).contiguous(memory_format=fmt).requires_grad_(True)
+        s = torch.randn(1, 6, 5, 4, generator=_gen(20)).contiguous(memory_format=fmt)
+        torch.library.opcheck(torch.ops.agd.norm_act_residual.default, (y, s, None, None, True, 2, 0.2, 1e-5))
 
 
 # ----------------------------------------------------------------------------- dws_block
@@ -288,20 +316,41 @@ def test_convert_matches_standard_student(request, backend):
     if backend == "cpp":
         request.getfixturevalue("cpp")
     torch.manual_seed(0)
+    onednn = backend == "cpp" and fast_mod.onednn_reason() == ""
     seen = set()
-    for name, net, (h, w) in _nets():
-        net.eval()
-        fast = convert(net, backend)
-        seen |= set(converted_blocks(fast))
-        x = torch.rand(1, 3, h + 1, w + 3)  # odd sizes
-        with torch.no_grad():
-            diff = (fast(x) - net(x)).abs().max().item()
-        assert diff <= 1e-4, f"{name}: max abs diff {diff}"
+    for layout in ((None, False) if onednn else (None,)):
+        for name, net, (h, w) in _nets():
+            net.eval()
+            fast = convert(net, backend, channels_last=layout)
+            seen |= set(converted_blocks(fast))
+            x = torch.rand(1, 3, h + 1, w + 3)  # odd sizes
+            with torch.no_grad():
+                y = fast(x)
+                diff = (y - net(x)).abs().max().item()
+            assert diff <= 1e-4, f"{name} (channels_last={layout}): max abs diff {diff}"
+            assert y.is_contiguous()
     expected = {"FastDwsBlock", "FastResBlock", "FastConvNormAct", "FastNarrowConv"}
-    if backend == "cpp" and fast_mod.onednn_reason() == "":
-        # the SR nets run channels-last on oneDNN (their last layer too), the translation head on conv_narrow
+    if onednn:
+        # channels-last nets run their last layer on oneDNN; NCHW translation heads run on conv_narrow
         expected |= {"OneDnnConvNormAct", "OneDnnResBlock"}
     assert seen == expected
+
+
+@pytest.mark.parametrize("layout", [None, False])
+def test_convert_translation_full_size_against_float64(cpp, layout):
+    """A real-width translation student at 256 x 256, both layouts, within 1e-4 of the float64 network:
+    256 x 256 planes are where a plain float running sum in the statistics loses that much."""
+    if layout is None and fast_mod.onednn_reason():
+        pytest.skip(f"oneDNN fused convolutions do not run here: {fast_mod.onednn_reason()}")
+    torch.manual_seed(0)
+    net = derive(SearchSpace(get_config("translation")).random_genotype(random.Random(1))).eval()
+    x = torch.rand(1, 3, 256, 256, generator=_gen(43))
+    fast = convert(net, "cpp", channels_last=layout)
+    with torch.no_grad():
+        got = fast(x)
+        want = net.double()(x.double())
+    diff = (got.double() - want).abs().max().item()
+    assert diff <= 1e-4, f"channels_last={layout}: max abs diff {diff} against float64"
 
 
 def test_convert_without_onednn_falls_back(cpp, monkeypatch):
@@ -344,6 +393,9 @@ def test_convert_examples_full_size_blocks(cpp):
 
 
 def test_convert_errors_and_backends():
+    with pytest.raises(AgdError, match="channels_last needs the cpp backend"):
+        convert(derive(SearchSpace(get_config("sr-tiny")).random_genotype(random.Random(0))), "reference",
+                channels_last=True)
     b = available_backends()
     assert set(b) == {"cpp", "cuda", "reference"} and b["reference"] == ""
     with pytest.raises(AgdError, match="backend 'tvm'"):
@@ -354,6 +406,33 @@ def test_convert_errors_and_backends():
 
 
 # ----------------------------------------------------------------------------- CUDA (skips here)
+def test_cuda_sources_compile(tmp_path):
+    """Without a GPU the CUDA extension cannot be built (the CPU torch wheel has no CUDA headers), but its
+    sources must still compile: the kernels with nvcc for the H100 (sm_90), the binding against torch's
+    headers."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from torch.utils.cpp_extension import include_paths
+
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc is not on PATH: the CUDA compile check needs the CUDA toolkit")
+    csrc = Path(__file__).resolve().parents[1] / "csrc"
+    res = subprocess.run([nvcc, "-std=c++17", "-O3", "-arch=sm_90", "-I", str(csrc), "-c",
+                          str(csrc / "cuda" / "blocks_kernels.cu"), "-o", str(tmp_path / "blocks_kernels.o")],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler for the binding's syntax check")
+    incs = [f"-I{p}" for p in [*include_paths(), str(csrc)]]
+    res = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", *incs, str(csrc / "cuda" / "bind_cuda.cpp")],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 def test_cuda_ops_match_cpu_reference():
     dev = cuda_dev()
     for dtype, tol in ((torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 5e-2)):
@@ -372,3 +451,86 @@ def test_cuda_ops_match_cpu_reference():
                                       0.2, norm, 1e-5)
         ref = ops.dws_block_reference(x, we, wd, wp, ws, [], norm, 2, 0.2, norm, 1e-5)
         torch.testing.assert_close(out.cpu(), ref, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- block_gemm
+GEMM_SHAPES = [(1, 1, 1), (7, 13, 5), (6, 128, 64), (13, 129, 65), (385, 130, 641), (40, 260, 2100)]
+
+
+def _need_gemm(backend: str) -> None:
+    if backend != "avx512":
+        return
+    try:
+        torch.ops.agd.block_gemm(torch.ones(1, 1), torch.ones(1, 1), "avx512")
+    except RuntimeError as e:
+        pytest.skip(f"the AVX-512 GEMM cannot run here: {str(e).splitlines()[0]}")
+
+
+@pytest.mark.parametrize("backend", ["auto", "blas", "loop", "avx512"])
+@pytest.mark.parametrize("m,k,n", GEMM_SHAPES)
+def test_block_gemm_float32_against_float64(cpp, backend, m, k, n):
+    """Every GEMM the block kernels can run, on odd shapes that cross the packing blocks (rows 384,
+    depth 128, columns 2048) and leave partial register tiles, with transposed operands passed as views."""
+    _need_gemm(backend)
+    a = torch.randn(m, k, generator=_gen(21))
+    b = torch.randn(k, n, generator=_gen(22))
+    want = a.double() @ b.double()
+    tol = dict(rtol=1e-4, atol=1e-4 * k**0.5)
+    a_ld = torch.zeros(m, k + 3)[:, :k].copy_(a)  # row-major with a leading dimension > k
+    for a_in, b_in in ((a, b), (a.t().contiguous().t(), b), (a, b.t().contiguous().t()),
+                       (a.t().contiguous().t(), b.t().contiguous().t()), (a_ld, b)):
+        got = torch.ops.agd.block_gemm(a_in, b_in, backend)
+        assert got.shape == (m, n) and got.is_contiguous()
+        torch.testing.assert_close(got.double(), want, **tol)
+    # a strided operand that is neither row- nor column-major is copied, not misread
+    wide = torch.randn(m, 2 * k, generator=_gen(23))[:, ::2]
+    torch.testing.assert_close(torch.ops.agd.block_gemm(wide, b, backend).double(), wide.double() @ b.double(), **tol)
+
+
+@pytest.mark.parametrize("m,k,n", [(13, 300, 700), (500, 1000, 60)])
+def test_block_gemm_threaded_splits(cpp, m, k, n):
+    """Outside a parallel region with 2 threads the AVX-512 GEMM splits columns (wide C) or rows (narrow C)."""
+    _need_gemm("avx512")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a, b = torch.randn(m, k, generator=_gen(24)), torch.randn(k, n, generator=_gen(25))
+        got = torch.ops.agd.block_gemm(a, b, "avx512")
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(got.double(), a.double() @ b.double(), rtol=1e-4, atol=1e-4 * k**0.5)
+
+
+def test_block_gemm_float64_fake_and_errors(cpp):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    a = torch.randn(9, 17, dtype=torch.float64, generator=_gen(26))
+    b = torch.randn(17, 5, dtype=torch.float64, generator=_gen(27))
+    torch.testing.assert_close(torch.ops.agd.block_gemm(a, b, "auto"), a @ b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.ops.agd.block_gemm(a.t().contiguous().t(), b, "auto"), a @ b, rtol=1e-12,
+                               atol=1e-12)
+    with FakeTensorMode():
+        assert torch.ops.agd.block_gemm(torch.empty(3, 4), torch.empty(4, 6), "auto").shape == (3, 6)
+    with pytest.raises(RuntimeError, match="unknown GEMM 'mkl'"):
+        torch.ops.agd.block_gemm(torch.ones(2, 2), torch.ones(2, 2), "mkl")
+    with pytest.raises(RuntimeError, match=r"needs \(m, k\) @ \(k, n\)"):
+        torch.ops.agd.block_gemm(torch.ones(2, 3), torch.ones(2, 2), "auto")
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        torch.ops.agd.block_gemm(torch.ones(2, 2), torch.ones(2, 2, dtype=torch.float64), "auto")
+    assert ops.block_gemm_name() in ("avx512", "blas", "loop")
+
+
+@pytest.mark.parametrize("value,expect,info", [("blas", "blas", "BLAS sgemm_"), ("loop", "loop", "loop GEMM"),
+                                               ("fast", "unknown GEMM 'fast'", "AGD_BLOCK_GEMM: unknown GEMM 'fast'")])
+def test_block_gemm_env_switch(cpp, value, expect, info):
+    """AGD_BLOCK_GEMM picks the block kernels' GEMM for the process; a bad value is named in the error."""
+    import subprocess
+    import sys
+
+    code = "from agd import ops; print(ops.block_gemm_name()); print(ops.cpp_status()[1])"
+    env = {**__import__("os").environ, "AGD_BLOCK_GEMM": value}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    first, second = res.stdout.splitlines()[:2]
+    assert expect in first
+    assert f"block GEMM: {info}" in second  # agd info's line for the C++ library says it too

@@ -136,6 +136,22 @@ def _bench_narrow(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[d
     return rows
 
 
+def _bench_gemm(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[dict]:
+    """The block kernels' GEMM (``agd::block_gemm``, backend "auto") against ``torch.mm`` (MKL on x86-64
+    wheels) at the 1x1-convolution shapes of the DwsBlocks: (out channels, in channels, band columns)."""
+    rows = []
+    cases = [(384, 128, 640), (128, 384, 640)]
+    if not quick:
+        cases += [(768, 256, 4096), (88, 384, 640), (120, 40, 4096)]
+    for m, k, n in cases:
+        g = torch.Generator().manual_seed(0)
+        a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+        t = time_interleaved({"eager": lambda a=a, b=b: torch.mm(a, b),
+                              "agd": lambda a=a, b=b: torch.ops.agd.block_gemm(a, b, "auto")}, device, cfg)
+        rows += _rows(f"block_gemm ({ops.block_gemm_name()})", f"{m}x{k} @ {k}x{n}", t)
+    return rows
+
+
 def _dws_cases(quick: bool):
     from agd.space.blocks import Style
 
@@ -212,7 +228,8 @@ def run_csrc_suite(device: str, quick: bool) -> list[dict]:
     rows += _bench_dwconv(dev, cfg, quick)
     rows += _bench_epilogue(dev, cfg, quick)
     rows += _bench_dws(dev, cfg, quick)
-    if dev.type == "cpu":  # conv_narrow has a C++ CPU kernel only
+    if dev.type == "cpu":  # conv_narrow and the block GEMM have C++ CPU kernels only
         rows += _bench_narrow(dev, cfg, quick)
+        rows += _bench_gemm(dev, cfg, quick)
     rows += _bench_students(dev, cfg, quick)
     return rows

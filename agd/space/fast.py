@@ -9,14 +9,17 @@ which
   layers, upsampling of the translation space) runs its convolutions as before and each norm /
   activation / shortcut add as one ``agd::norm_act_residual`` op;
 - a norm-free "same" convolution to 1-4 channels (a generator's last layer: the translation head, 7x7
-  to RGB at full resolution) in an NCHW network is one ``agd::conv_narrow`` op;
+  to RGB at full resolution, and the SR conv_last, 3x3 to RGB) is one ``agd::conv_narrow`` op (NCHW
+  inside; 4 and 12 % faster on the whole student than oneDNN's channels-last convolution here);
 - on the CPU ("cpp"), every other dense convolution *without* a norm (the SR space's convolutions, residual
   blocks and its whole upsampling tail, the translation space's last layer) runs as one oneDNN
   primitive with its activation, and for residual blocks its shortcut add, fused in
-  (``torch.ops.mkldnn._convolution_pointwise``, the op torch.compile's CPU backend emits), and a network
-  without instance norms runs in channels-last memory format throughout, which oneDNN needs no reorder
-  for. Instance-norm networks stay NCHW: PyTorch's and agd's instance-norm statistics are
-  plane-wise and run slower on channels-last tensors.
+  (``torch.ops.mkldnn._convolution_pointwise``, the op torch.compile's CPU backend emits).
+On the CPU, a network whose last layer oneDNN runs (both spaces' generators) runs in channels-last
+memory format throughout: oneDNN's convolutions need no reorder (its transposed convolutions run 2.6-4x
+slower on NCHW input here), ``agd::norm_act_residual`` has an NHWC path, and only ``agd::dws_block``
+and ``agd::conv_narrow`` (NCHW inside) convert on the way in. ``convert(..., channels_last=False)``
+keeps NCHW.
 Weights are shared with nothing: the copy holds its own parameters (frozen into the converted layers:
 convert again after changing weights). The original network is untouched, so it keeps standard ops
 for torch.export, ONNX and TVM. The output is an ordinary contiguous NCHW tensor.
@@ -91,15 +94,18 @@ def _epilogue(backend: str, y, shortcut, norm: _Norm, act: str, slope: float) ->
 
 
 class FastConvNormAct(nn.Module):
-    """conv (the original module) → fused instance norm + activation."""
+    """conv (the original module) → fused instance norm + activation. ``channels_last``: the input is
+    made channels-last first, so the convolution (oneDNN) and the epilogue run in NHWC."""
 
-    def __init__(self, m: ConvNormAct, backend: str) -> None:
+    def __init__(self, m: ConvNormAct, backend: str, channels_last: bool = False) -> None:
         super().__init__()
         self.conv, self.backend = m.conv, backend
         self._norm_module = m.norm
         self.act, self.slope = _act_of(m.act)  # type: ignore[misc]
+        self.fmt = torch.channels_last if channels_last else torch.preserve_format
 
     def forward(self, x: torch.Tensor, out: int | None = None) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.fmt) if self.fmt is torch.channels_last else x
         return _epilogue(self.backend, self.conv(x), None, _Norm(self._norm_module), self.act, self.slope)
 
 
@@ -205,10 +211,12 @@ class OneDnnResBlock(nn.Module):
 
 
 class FastResBlock(nn.Module):
-    """conv3x3 → [IN + act] → conv3x3 → [IN + shortcut + act], shortcut 1x1 → [IN]; [..] one op each."""
+    """conv3x3 → [IN + act] → conv3x3 → [IN + shortcut + act], shortcut 1x1 → [IN]; [..] one op each.
+    ``channels_last`` as for :class:`FastConvNormAct`."""
 
-    def __init__(self, m: ResBlock, backend: str) -> None:
+    def __init__(self, m: ResBlock, backend: str, channels_last: bool = False) -> None:
         super().__init__()
+        self.channels_last = channels_last
         self.conv1, self.conv2 = m.conv1.conv, m.conv2.conv
         self.n1, self.n2 = m.conv1.norm, m.conv2.norm
         self.proj = m.shortcut.proj.conv if m.shortcut.proj is not None else None
@@ -218,6 +226,8 @@ class FastResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, out: int | None = None) -> torch.Tensor:
         b = self.backend
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = _epilogue(b, self.conv1(x), None, _Norm(self.n1), self.act, self.slope)
         s = x if self.proj is None else _epilogue(b, self.proj(x), None, _Norm(self.ns), "none", self.slope)
         return _epilogue(b, self.conv2(y), s, _Norm(self.n2), self.act, self.slope)
@@ -339,14 +349,16 @@ class FastNarrowConv(nn.Module):
 
 def _replacement(child: nn.Module, backend: str, onednn: bool, channels_last: bool) -> nn.Module | None:
     """The fast module for one block, None when it stays as it is (or is not a block)."""
-    if backend in ("cpp", "reference") and not channels_last and narrow_reason(child) is None:
+    if backend in ("cpp", "reference") and narrow_reason(child) is None:
         return FastNarrowConv(child, backend)  # type: ignore[arg-type]
     if onednn and isinstance(child, (ConvNormAct, ResBlock)) and onednn_reason_for(child) is None:
         cls = OneDnnResBlock if isinstance(child, ResBlock) else OneDnnConvNormAct
         return cls(child, channels_last)  # type: ignore[arg-type]
-    if isinstance(child, (DwsBlock, ResBlock, ConvNormAct)) and unsupported_reason(child) is None:
-        cls = {DwsBlock: FastDwsBlock, ResBlock: FastResBlock, ConvNormAct: FastConvNormAct}[type(child)]
-        return cls(child, backend)  # type: ignore[arg-type]
+    if isinstance(child, DwsBlock) and unsupported_reason(child) is None:
+        return FastDwsBlock(child, backend)
+    if isinstance(child, (ResBlock, ConvNormAct)) and unsupported_reason(child) is None:
+        cls = FastResBlock if isinstance(child, ResBlock) else FastConvNormAct
+        return cls(child, backend, channels_last)  # type: ignore[arg-type]
     return None
 
 
@@ -364,10 +376,12 @@ def _last_layer(net: nn.Module) -> nn.Module | None:
     return layers[-1] if isinstance(layers, (nn.ModuleList, nn.Sequential)) and len(layers) else None
 
 
-def convert(net: nn.Module, backend: str = "cpp") -> nn.Module:
+def convert(net: nn.Module, backend: str = "cpp", channels_last: bool | None = None) -> nn.Module:
     """A copy of ``net`` (eval mode) whose DwsBlock / ResBlock / ConvNormAct layers run on agd's fused
     ops, and on the CPU its norm-free dense convolutions on oneDNN fused convolutions (see the module
-    docstring); raises AgdError when ``backend`` does not run here."""
+    docstring); raises AgdError when ``backend`` does not run here. ``channels_last``: run the network
+    in channels-last memory format (None: whenever it can, see the module docstring; True where it
+    cannot is an error)."""
     if backend not in BACKENDS:
         raise AgdError(f"backend {backend!r}: not one of {', '.join(BACKENDS)}")
     why = available_backends()[backend]
@@ -376,10 +390,11 @@ def convert(net: nn.Module, backend: str = "cpp") -> nn.Module:
     fast = copy.deepcopy(net).eval()
     onednn = backend == "cpp" and onednn_reason() == ""
     last = _last_layer(fast)
-    # channels-last only where every layer keeps it: no instance norms, and a last layer that oneDNN
-    # runs (and turns back into NCHW)
-    channels_last = (onednn and not any(isinstance(m, ElasticInstanceNorm2d) for m in fast.modules())
-                     and last is not None and onednn_reason_for(last) is None and isinstance(last, ConvNormAct))
+    # channels-last only where the last layer is one oneDNN runs (and turns back into NCHW)
+    can_cl = onednn and last is not None and onednn_reason_for(last) is None and isinstance(last, ConvNormAct)
+    if channels_last and not can_cl:
+        raise AgdError("convert: channels_last needs the cpp backend with oneDNN and a norm-free dense last layer")
+    channels_last = can_cl if channels_last is None else channels_last
     _swap(fast, backend, onednn, channels_last)
     last = _last_layer(fast)
     if isinstance(last, OneDnnConvNormAct):

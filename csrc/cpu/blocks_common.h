@@ -1,15 +1,21 @@
 // Shared helpers of the block kernels (dwconv3x3.cpp, residual.cpp, dws_block.cpp):
-// activations, fused element-wise loops, per-thread scratch memory, and a row-major GEMM that calls the BLAS sgemm_ linked into
-// libtorch_cpu (MKL on x86-64 wheels) when present, a plain loop otherwise.
+// activations, fused element-wise loops, per-thread scratch memory, and a row-major GEMM: agd's
+// AVX-512 kernel (sgemm.h) when the CPU has AVX-512, else the BLAS sgemm_ linked into libtorch_cpu
+// (MKL on x86-64 wheels) when present, else a plain loop. AGD_BLOCK_GEMM=avx512|blas|loop forces one.
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <vector>
 
+#include "cpu/sgemm.h"
 #include "cpu/simd.h"
 
 // Fortran BLAS (LP64) and MKL's per-thread thread count, weak so the library still loads against a
@@ -161,14 +167,56 @@ inline void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* A, 
   gemm_loop(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);
 }
 
-template <>
-inline void gemm<float>(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A,
-                        int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-                        int64_t ldc) {
+enum class GemmKind { kAuto, kAvx512, kBlas, kLoop };
+
+inline bool blas_linked() { return sgemm_ != nullptr; }
+
+inline const char* gemm_kind_name(GemmKind k) {
+  switch (k) {
+    case GemmKind::kAvx512: return "avx512";
+    case GemmKind::kBlas: return "blas";
+    case GemmKind::kLoop: return "loop";
+    default: return "auto";
+  }
+}
+
+// "auto", "avx512", "blas" or "loop"; anything else stops with the valid names.
+inline GemmKind parse_gemm_kind(const std::string& name, const char* what) {
+  for (GemmKind k : {GemmKind::kAuto, GemmKind::kAvx512, GemmKind::kBlas, GemmKind::kLoop})
+    if (name == gemm_kind_name(k)) return k;
+  TORCH_CHECK(false, what, ": unknown GEMM '", name, "'; expected auto, avx512, blas or loop");
+  return GemmKind::kAuto;
+}
+
+// What "auto" and a forced kind resolve to on this machine; a forced kind that cannot run here stops.
+inline GemmKind resolve_gemm_kind(GemmKind k) {
+  if (k == GemmKind::kAuto)
+    return sgemm_avx512_supported() ? GemmKind::kAvx512 : blas_linked() ? GemmKind::kBlas : GemmKind::kLoop;
+  TORCH_CHECK(k != GemmKind::kAvx512 || sgemm_avx512_supported(),
+              "agd: the AVX-512 GEMM was asked for, but this CPU or build does not have AVX-512F");
+  TORCH_CHECK(k != GemmKind::kBlas || blas_linked(),
+              "agd: the BLAS GEMM was asked for, but libtorch_cpu links no sgemm_");
+  return k;
+}
+
+// The GEMM the block kernels use: AGD_BLOCK_GEMM if set (read once), else the fastest available.
+inline GemmKind block_gemm_kind() {
+  static const GemmKind kind = [] {
+    const char* env = std::getenv("AGD_BLOCK_GEMM");
+    return resolve_gemm_kind(env ? parse_gemm_kind(env, "AGD_BLOCK_GEMM") : GemmKind::kAuto);
+  }();
+  return kind;
+}
+
+inline void gemm_f32(GemmKind kind, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                     int64_t ldc) {
   if (m == 0 || n == 0) return;
+  if (kind == GemmKind::kAvx512 && sgemm_avx512(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc))
+    return;
   const bool fits = m < (1LL << 31) && n < (1LL << 31) && k < (1LL << 31) && lda < (1LL << 31) &&
                     ldb < (1LL << 31) && ldc < (1LL << 31);
-  if (sgemm_ != nullptr && fits && k > 0) {
+  if (kind != GemmKind::kLoop && blas_linked() && fits && k > 0) {
     // Column-major view: C^T (n x m) = B'^T (n x k) * A'^T (k x m).
     const int mi = static_cast<int>(n), ni = static_cast<int>(m), ki = static_cast<int>(k);
     const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
@@ -184,7 +232,20 @@ inline void gemm<float>(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const
   gemm_loop(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);
 }
 
-inline const char* gemm_backend() { return sgemm_ != nullptr ? "BLAS sgemm_" : "loop GEMM"; }
+template <>
+inline void gemm<float>(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A,
+                        int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                        int64_t ldc) {
+  gemm_f32(block_gemm_kind(), ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);
+}
+
+inline const char* gemm_backend() {
+  switch (block_gemm_kind()) {
+    case GemmKind::kAvx512: return "agd AVX-512 sgemm";
+    case GemmKind::kBlas: return "BLAS sgemm_";
+    default: return "loop GEMM";
+  }
+}
 
 }  // namespace blocks
 }  // namespace agd

@@ -3,16 +3,21 @@
 //   out = act(z * weight[c] + bias[c] + shortcut)       (weight/bias/shortcut optional)
 // Forward returns (out, mean, rstd), mean/rstd float32-or-input-dtype (N, C) (empty when norm is off).
 // One task per (n, c) plane: statistics in two passes over the plane (mean, then centred sum of
-// squares, accumulated in double), then one fused pass writing out. Backward per plane:
+// squares; blocks of 1024 values summed in T, the blocks in double), then one fused pass writing out. Backward per plane:
 //   g   = grad * act'(out)         (from the output: relu, leaky relu, tanh are monotone)
 //   gs  = g,  gb[c] = sum g,  gw[c] = sum g * z,  gz = g * weight[c]
 //   gy  = rstd * (gz - mean(gz) - z * mean(gz * z))    (norm on; gy = gz otherwise)
-// float32 and float64; any input layout is made NCHW-contiguous first.
+// Forward on a channels-last y (C > 1) runs in NHWC and returns a channels-last `out`: the statistics
+// are per-channel vectors accumulated over pixel blocks (each thread its own partial sums, two passes:
+// mean, then centred squares), and the apply pass is one loop over C per pixel. Other layouts, and
+// the backward, are made NCHW-contiguous first. float32 and float64.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <vector>
 
 #include "cpu/blocks_common.h"
 
@@ -21,23 +26,42 @@ namespace {
 
 using blocks::activate_grad_from_out;
 
+// Sum of y[i] (center null) or (y[i] - *center)^2 over L values, in double: sixteen T accumulators
+// (independent, so the loop vectorizes without -ffast-math) over blocks of 1024 values, each block
+// added to the double total. A single running float sum over a 256 x 256 plane loses about 1e-4.
 template <typename T>
-AGD_SIMD_CLONES void plane_stats(const T* __restrict y, int64_t L, double eps, T& mean_out,
-                                  T& rstd_out) {
-  double s = 0;
-  {
-    T acc = 0;
-    for (int64_t i = 0; i < L; ++i) acc += y[i];
-    s = static_cast<double>(acc);
+AGD_SIMD_CLONES double plane_sum(const T* __restrict y, int64_t L, const T* center) {
+  constexpr int kLanes = 16;
+  constexpr int64_t kBlock = 1024;
+  const bool sq = center != nullptr;
+  const T c = sq ? *center : T(0);
+  double total = 0;
+  for (int64_t b = 0; b < L; b += kBlock) {
+    const int64_t e = std::min(L, b + kBlock);
+    T acc[kLanes] = {};
+    int64_t i = b;
+    if (sq) {
+      for (; i + kLanes <= e; i += kLanes)
+        for (int j = 0; j < kLanes; ++j) {
+          const T d = y[i + j] - c;
+          acc[j] += d * d;
+        }
+      for (; i < e; ++i) acc[0] += (y[i] - c) * (y[i] - c);
+    } else {
+      for (; i + kLanes <= e; i += kLanes)
+        for (int j = 0; j < kLanes; ++j) acc[j] += y[i + j];
+      for (; i < e; ++i) acc[0] += y[i];
+    }
+    for (int j = 0; j < kLanes; ++j) total += static_cast<double>(acc[j]);
   }
-  const double mean = s / static_cast<double>(L);
+  return total;
+}
+
+template <typename T>
+void plane_stats(const T* __restrict y, int64_t L, double eps, T& mean_out, T& rstd_out) {
+  const double mean = plane_sum<T>(y, L, nullptr) / static_cast<double>(L);
   const T m = static_cast<T>(mean);
-  T acc2 = 0;
-  for (int64_t i = 0; i < L; ++i) {
-    const T d = y[i] - m;
-    acc2 += d * d;
-  }
-  const double var = static_cast<double>(acc2) / static_cast<double>(L);
+  const double var = plane_sum<T>(y, L, &m) / static_cast<double>(L);
   mean_out = m;
   rstd_out = static_cast<T>(1.0 / std::sqrt(var + eps));
 }
@@ -61,12 +85,112 @@ AGD_SIMD_CLONES void plane_apply(const T* __restrict y, const T* __restrict s, T
 #undef AGD_PLANE_LOOP
 }
 
-struct EpiArgs {
-  int64_t N, C, L;
-  bool norm;
-  int64_t act;
-  double slope, eps;
-};
+// NHWC: acc[c] += y[r, c] (center null) or (y[r, c] - center[c])^2, over `rows` pixels.
+template <typename T>
+AGD_SIMD_CLONES void nhwc_rows_sum(const T* __restrict y, int64_t rows, int64_t C,
+                                    const T* __restrict center, T* __restrict acc) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* p = y + r * C;
+    if (center == nullptr) {
+      for (int64_t c = 0; c < C; ++c) acc[c] += p[c];
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        const T d = p[c] - center[c];
+        acc[c] += d * d;
+      }
+    }
+  }
+}
+
+// NHWC: o[r, c] = act(y[r, c] * a[c] + b[c] (+ s[r, c])) over `rows` pixels.
+template <typename T>
+AGD_SIMD_CLONES void nhwc_apply(const T* __restrict y, const T* __restrict s, T* __restrict o,
+                                 int64_t rows, int64_t C, const T* __restrict a,
+                                 const T* __restrict b, int64_t act, T slope) {
+#define AGD_NHWC_LOOP(EXPR)                                                    \
+  for (int64_t r = 0; r < rows; ++r) {                                         \
+    const T* yp = y + r * C;                                                   \
+    const T* sp = s != nullptr ? s + r * C : nullptr;                          \
+    T* op = o + r * C;                                                         \
+    if (sp != nullptr) {                                                       \
+      for (int64_t c = 0; c < C; ++c) { const T v = yp[c] * a[c] + b[c] + sp[c]; op[c] = EXPR; } \
+    } else {                                                                   \
+      for (int64_t c = 0; c < C; ++c) { const T v = yp[c] * a[c] + b[c]; op[c] = EXPR; } \
+    }                                                                          \
+  }
+  switch (act) {
+    case blocks::kRelu: AGD_NHWC_LOOP(std::max(v, T(0))) break;
+    case blocks::kLeaky: AGD_NHWC_LOOP(blocks::leaky(v, slope)) break;
+    case blocks::kTanh: AGD_NHWC_LOOP(std::tanh(v)) break;
+    default: AGD_NHWC_LOOP(v) break;
+  }
+#undef AGD_NHWC_LOOP
+}
+
+// Per-channel sums over the pixels of image n (NHWC, L pixels), in double: each thread sums blocks
+// of kBlock pixels in T, then adds them to its own double partials.
+template <typename T>
+std::vector<double> nhwc_channel_sums(const T* yn, int64_t L, int64_t C, const T* center) {
+  constexpr int64_t kBlock = 64;
+  const int64_t nthreads = at::get_num_threads();
+  std::vector<double> part(static_cast<size_t>(nthreads * C), 0.0);
+  const int64_t blocks = (L + kBlock - 1) / kBlock;
+  at::parallel_for(0, blocks, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C * kBlock)),
+                   [&](int64_t b0, int64_t b1) {
+    double* mine = part.data() + at::get_thread_num() * C;
+    std::vector<T> acc(static_cast<size_t>(C));
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = blk * kBlock, rows = std::min(kBlock, L - r0);
+      std::fill(acc.begin(), acc.end(), T(0));
+      nhwc_rows_sum<T>(yn + r0 * C, rows, C, center, acc.data());
+      for (int64_t c = 0; c < C; ++c) mine[c] += static_cast<double>(acc[c]);
+    }
+  });
+  std::vector<double> sums(static_cast<size_t>(C), 0.0);
+  for (int64_t t = 0; t < nthreads; ++t)
+    for (int64_t c = 0; c < C; ++c) sums[c] += part[t * C + c];
+  return sums;
+}
+
+// The forward on channels-last y: same results as the NCHW path, out channels-last.
+template <typename T>
+void norm_act_residual_nhwc(const at::Tensor& y, const at::Tensor& s, const at::Tensor& w,
+                            const at::Tensor& b, at::Tensor& out, at::Tensor& mean,
+                            at::Tensor& rstd, bool norm, int64_t act, double slope, double eps) {
+  const int64_t N = y.size(0), C = y.size(1), L = y.size(2) * y.size(3);
+  const T* yp = y.data_ptr<T>();
+  const T* sp = s.defined() ? s.data_ptr<T>() : nullptr;
+  const T* wp = w.defined() ? w.data_ptr<T>() : nullptr;
+  const T* bp = b.defined() ? b.data_ptr<T>() : nullptr;
+  T* op = out.data_ptr<T>();
+  std::vector<T> a(static_cast<size_t>(C)), sh(static_cast<size_t>(C)), m(static_cast<size_t>(C));
+  for (int64_t n = 0; n < N; ++n) {
+    const T* yn = yp + n * L * C;
+    for (int64_t c = 0; c < C; ++c) {
+      a[c] = wp ? wp[c] : T(1);
+      sh[c] = bp ? bp[c] : T(0);
+    }
+    if (norm) {
+      const std::vector<double> s1 = nhwc_channel_sums<T>(yn, L, C, nullptr);
+      for (int64_t c = 0; c < C; ++c) m[c] = static_cast<T>(s1[c] / static_cast<double>(L));
+      const std::vector<double> s2 = nhwc_channel_sums<T>(yn, L, C, m.data());
+      T* mp = mean.data_ptr<T>() + n * C;
+      T* rp = rstd.data_ptr<T>() + n * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const T r = static_cast<T>(1.0 / std::sqrt(s2[c] / static_cast<double>(L) + eps));
+        mp[c] = m[c];
+        rp[c] = r;
+        sh[c] = sh[c] - m[c] * r * a[c];
+        a[c] = a[c] * r;
+      }
+    }
+    const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(1, C));
+    at::parallel_for(0, L, grain, [&](int64_t r0, int64_t r1) {
+      nhwc_apply<T>(yn + r0 * C, sp ? sp + (n * L + r0) * C : nullptr, op + (n * L + r0) * C,
+                    r1 - r0, C, a.data(), sh.data(), act, static_cast<T>(slope));
+    });
+  }
+}
 
 at::Tensor opt_contig(const c10::optional<at::Tensor>& t, at::ScalarType ct) {
   return t.has_value() && t->defined() ? t->to(ct).contiguous() : at::Tensor();
@@ -81,18 +205,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_residual_cpu(
   const auto t = y_in.scalar_type();
   TORCH_CHECK(at::isFloatingType(t), "agd::norm_act_residual: y must be floating point");
   const auto ct = (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
-  const at::Tensor y = y_in.to(ct).contiguous();
-  const at::Tensor s = opt_contig(shortcut, ct), w = opt_contig(weight, ct), b = opt_contig(bias, ct);
+  const bool nhwc = y_in.size(1) > 1 && y_in.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const auto fmt = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor y = y_in.to(ct).contiguous(fmt);
+  const at::Tensor s = shortcut.has_value() && shortcut->defined() ? shortcut->to(ct).contiguous(fmt)
+                                                                   : at::Tensor();
+  const at::Tensor w = opt_contig(weight, ct), b = opt_contig(bias, ct);
   const int64_t N = y.size(0), C = y.size(1), L = y.size(2) * y.size(3);
   if (s.defined())
     TORCH_CHECK(s.sizes() == y.sizes(), "agd::norm_act_residual: shortcut ", s.sizes(),
                 " must have y's shape ", y.sizes());
   if (w.defined()) TORCH_CHECK(w.numel() == C, "agd::norm_act_residual: weight needs ", C, " values");
   if (b.defined()) TORCH_CHECK(b.numel() == C, "agd::norm_act_residual: bias needs ", C, " values");
-  at::Tensor out = at::empty_like(y);
+  at::Tensor out = at::empty_like(y, fmt);
   at::Tensor mean = at::empty({norm ? N : 0, norm ? C : 0}, y.options());
   at::Tensor rstd = at::empty({norm ? N : 0, norm ? C : 0}, y.options());
   if (y.numel() == 0) return {out.to(t), mean.to(t), rstd.to(t)};
+  if (nhwc) {
+    AT_DISPATCH_FLOATING_TYPES(ct, "agd::norm_act_residual", [&] {
+      norm_act_residual_nhwc<scalar_t>(y, s, w, b, out, mean, rstd, norm, act, slope, eps);
+    });
+    return {out.to(t), mean.to(t), rstd.to(t)};
+  }
   AT_DISPATCH_FLOATING_TYPES(ct, "agd::norm_act_residual", [&] {
     const scalar_t* yp = y.data_ptr<scalar_t>();
     const scalar_t* sp = s.defined() ? s.data_ptr<scalar_t>() : nullptr;
