@@ -78,6 +78,7 @@ def test_compile_writes_checked_artifact_that_runs(tmp_path, x86):
     assert man["target"]["name"] == "x86" and man["latency_ms"] > 0
     assert man["max_abs_error"] <= 1e-4 and "random init" in man["weights"]["note"]
     assert man["tuning"]["tuned"] is False and man["tuning"]["database_digest"] is None
+    assert man["export_rewrites"] and "sub-pixel" in man["export_rewrites"][0]  # its upsampling was rewritten
     # the artifact alone reproduces the generator
     from agd.space import Genotype
     from agd.tuning.artifact import load_generator
@@ -183,6 +184,25 @@ def test_arm64_runs_through_rpc_under_qemu(tmp_path, arm64_rpc):
     print(f"{url}: {man['latency_ms']:.3f} ms{' (EMULATED under qemu, not ARM speed)' if emulated else ''}")
 
 
+def test_export_runs_transposed_convolutions_as_subpixel(x86):
+    """TVM sees no conv2d_transpose (agd.tuning.rewrite), and the x86 build still matches PyTorch."""
+    import tvm
+    from tvm import relax
+
+    from agd.tuning.build import build
+    from agd.tuning.export import to_relax
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ConvTranspose2d(8, 4, 3, 2, 1, 1), nn.ReLU()).eval()
+    x = torch.rand(1, 3, 9, 7)
+    prog = to_relax(m, x)
+    text = prog.mod.script()
+    assert "conv2d_transpose" not in text and "R.nn.conv2d" in text
+    vm = relax.VirtualMachine(build(prog.mod, x86), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x.numpy()), *prog.params).numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(out, m(x).numpy(), rtol=1e-5, atol=1e-5)
+
 def test_cuda_codegen_builds_without_a_gpu(tmp_path):
     from agd.tuning.build import build, export_library
     from agd.tuning.export import to_relax
@@ -257,6 +277,7 @@ def test_latency_table_resumable_and_shaped_like_macs(tmp_path, x86):
     assert len(table.entries) == 3 + n_missing - sum(c[2] == "identity" for c in part.missing(space))
     assert len(table.provenance["runs"]) == 2
     assert table.provenance["runs"][0]["timing"] == {"number": 1, "repeat": 5, "min_repeat_ms": 50, "warmup": 1}
+    assert table.provenance["runs"][0]["export_rewrites"]
     tables = table.tables(space)
     macs = space.macs_tables()
     assert [t.shape for t in tables] == [m.shape for m in macs]
@@ -330,8 +351,8 @@ from agd.tuning.tune import TuneConfig, tune
 torch.manual_seed(0)
 m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
 prog = to_relax(m.eval(), torch.rand(1, 3, 16, 16))
-tune(prog.mod, resolve_target("x86"), sys.argv[1], TuneConfig(trials=2, trials_per_iter=1, population=8))
-"""
+tune(prog.mod, resolve_target("x86"), sys.argv[1], TuneConfig(trials=64, trials_per_iter=1, population=8))
+"""  # a budget large enough that the run is still in its first task when the test kills it
 
 
 @pytest.mark.slow  # 30-60 s idle, 2-3 min on a loaded 2-core machine: three TVM imports and two tuned tasks
@@ -365,6 +386,8 @@ def test_trials_follow_each_tasks_share_of_the_work(x86, monkeypatch):
     assert alloc[0] > 5 * alloc[1] and alloc[1] == alloc[2] >= 16 and alloc[3] > alloc[1]
     assert abs(sum(alloc) - 1000) <= len(tasks)
     assert tune_mod.allocate_trials(tasks, 2, 16) == [1, 1, 1, 1]  # a tiny budget is not inflated by the floor
+    # a resumed or reused task gets only what its share lacks, never its whole share again
+    assert tune_mod.trials_left([800, 100, 100, 16], [1039, 40, 0, 16]) == [0, 60, 100, 0]
     monkeypatch.undo()
     # on a real model the estimator sees every convolution task, weighted by how often it is called
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
@@ -390,7 +413,8 @@ def test_killed_tuning_resumes_from_database_and_tuned_build_matches(tmp_path, x
         while database_records(db) == 0 and proc.poll() is None and time.time() < deadline:
             time.sleep(0.5)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # killed mid-way: after its first task's records
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # killed mid-way: after its first task's records
         proc.wait()
     killed_with = database_records(db)
     assert killed_with >= 1
@@ -407,6 +431,28 @@ def test_killed_tuning_resumes_from_database_and_tuned_build_matches(tmp_path, x
     res = compile_model(m, x86, (1, 3, 16, 16), CompileConfig(database=db))
     assert res["tuned"] and res["max_abs_error"] <= 1e-4
 
+
+
+def test_every_task_is_tuned_once_even_when_metaschedule_records_fewer(tmp_path, x86):
+    """Instance norms, reflect-pad gathers and the convolution are all tuned (none keeps TVM's
+    single-threaded default schedule); a task whose design space runs out before its share (the
+    gather) is not tuned again on the next run: the ledger beside the database remembers the trials."""
+    from agd.tuning.export import to_relax
+    from agd.tuning.tune import LEDGER, TuneConfig, read_ledger, tune
+
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.InstanceNorm2d(4), nn.ReLU())
+    prog = to_relax(m.eval(), torch.rand(1, 3, 8, 8))
+    db = tmp_path / "db"
+    cfg = TuneConfig(trials=24, min_trials_per_task=8, trials_per_iter=8, population=8)
+    first = tune(prog.mod, x86, db, cfg)
+    assert first.tasks >= 3 and first.tasks_tuned == first.tasks  # conv, norm and the pad's gathers
+    ledger = read_ledger(db)
+    assert (db / LEDGER).is_file() and len(ledger) == first.tasks and min(ledger.values()) >= 1
+    assert first.records_after - first.records_before < sum(ledger.values())  # MetaSchedule recorded fewer
+    again = tune(prog.mod, x86, db, cfg)
+    assert again.tasks_tuned == 0 and again.records_after == first.records_after
+    only_conv = tune(prog.mod, x86, db, TuneConfig(trials=1, task_filter=("conv",)))
+    assert only_conv.tasks < first.tasks and only_conv.tasks_tuned == 0
 
 def test_cli_compile_and_bad_target(tmp_path, capsys):
     from agd.cli import main

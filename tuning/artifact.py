@@ -24,6 +24,7 @@ import torch
 from agd.io import AgdError, atomic_write_json, load_checkpoint, unwrap_state_dict
 from agd.tuning.build import build, export_library
 from agd.tuning.export import genotype_layer_names, to_relax
+from agd.tuning.rewrite import REWRITES
 from agd.tuning.measure import CompiledModel, TimingConfig, rpc_session
 from agd.tuning.targets import TargetSpec
 from agd.tuning.tune import TuneConfig, database_digest, database_records, tune
@@ -127,6 +128,7 @@ def compile_genotype(genotype_path: Path, spec: TargetSpec, output: Path, config
                    "cross_compiler": spec.cross_compiler, "notes": spec.notes},
         "input_shape": list(shape), "output_shape": list(res["program"].output_shape),
         "input_range": [-1.0, 1.0],
+        "export_rewrites": list(REWRITES),
         "tuning": {"trials_requested": config.trials, "tuned": res["tuned"],
                    "database": str(config.database) if config.database else None,
                    "database_digest": database_digest(config.database) if res["tuned"] else None,

@@ -1,7 +1,9 @@
 """PyTorch → Relax: ``torch.export`` with static shapes, then TVM's ``from_exported_program``.
 
 Operators the TVM frontend cannot convert are found before conversion and named with the module
-(layer) they come from, instead of TVM's bare assertion.
+(layer) they come from, instead of TVM's bare assertion. The exported graph is the model after
+:func:`agd.tuning.rewrite.for_tvm` (transposed convolutions as sub-pixel convolutions); the reference
+output is the original model's.
 """
 
 from __future__ import annotations
@@ -73,7 +75,9 @@ def to_relax(model: nn.Module, example: torch.Tensor, layer_names: dict[str, str
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
 
-    ep = export_program(model, example)
+    from agd.tuning.rewrite import for_tvm
+
+    ep = export_program(for_tvm(model), example)
     bad = unsupported_ops(ep, layer_names)
     if bad:
         raise AgdError(f"TVM cannot convert operator {'; '.join(bad)} (see TOOLCHAIN.md: export coverage)")

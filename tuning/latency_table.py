@@ -24,6 +24,7 @@ import torch
 
 from agd.io import AgdError, atomic_write_json, read_json
 from agd.tuning.measure import TimingConfig
+from agd.tuning.rewrite import REWRITES
 
 FORMAT = "agd-latency-table"
 VERSION = 1
@@ -203,7 +204,7 @@ def build_table(table: LatencyTable, space: Any, spec: Any, hw: tuple[int, int] 
     table.provenance.setdefault("runs", []).append({
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "trials_per_configuration": cfg.trials,
         "database": str(cfg.database) if cfg.database else None, "tvm": tvm.__version__,
-        "emulated": cfg.emulated, "timing": asdict(cfg.timing)})
+        "emulated": cfg.emulated, "timing": asdict(cfg.timing), "export_rewrites": list(REWRITES)})
     todo = [c for c in table.missing(space, hw, cfg.batch) if c[2] != "identity"]
     if limit is not None:
         todo = todo[:limit]

@@ -1,10 +1,14 @@
 """MetaSchedule tuning with a persistent JSON database per target.
 
-The model's trial budget is split over its convolution tasks by their share of its arithmetic
-(:func:`allocate_trials`). The database (``database_workload.json`` + ``database_tuning_record.json`` in
+The model's trial budget is split over its tasks by their share of its arithmetic
+(:func:`allocate_trials`); every task gets at least a floor of trials, so the instance norms, reflect-pad
+gathers and layout shuffles, which hold little arithmetic, still leave TVM's default CPU schedules (one
+thread, no vectorization): on the translation example those took 23 of 114 ms untuned and 5 after 16
+trials each. The database (``database_workload.json`` + ``database_tuning_record.json`` in
 the work dir) is appended record by record as candidates are measured, so a killed run loses at most
 the batch in flight; the next run skips every workload that already has its share of the trials in
-records (or more) and warm-starts the rest from the records there. Workloads shared with an earlier architecture (same operator, shapes, target) are
+records (or more) and gives the rest only what their share lacks (:func:`trials_left`), warm-started
+from the records there. Workloads shared with an earlier architecture (same operator, shapes, target) are
 therefore tuned once.
 
 Builds run in worker processes with :func:`build_candidate`, which avoids TVM's default builder's
@@ -19,10 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agd.io import atomic_write_json, read_json
 from agd.tuning.build import fused_module, tvm_target
 from agd.tuning.targets import TargetSpec
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
+# Trials already spent per workload (its structural hash), beside the database: MetaSchedule records
+# fewer than it was given when candidates fail or repeat, or a small task's design space runs out (a
+# reflect-pad gather has a handful of schedules), and such a task must not be tuned again on every run.
+LEDGER = "agd_trials_spent.json"
 
 
 @dataclass(frozen=True)
@@ -30,13 +39,13 @@ class TuneConfig:
     trials: int = 64  # budget for this model, split over its tuned tasks by their share of the work
     min_trials_per_task: int = 16
     trials_per_iter: int = 16
-    runner_timeout_s: float = 8.0  # short: legalized instance_norm yields pathologically slow candidates
+    runner_timeout_s: float = 8.0  # short: some legalized instance_norm candidates are pathologically slow
     builder_timeout_s: float = 120.0
     seed: int = 0
     population: int = 128  # evolutionary search population (MetaSchedule's default 512 is slow on 2 cores)
-    # tuned workloads: those whose task name contains one of these (the convolutions); the rest (norms,
-    # pads, reshapes) keep default schedules; legalized instance_norm candidates are pathologically slow
-    task_filter: tuple[str, ...] = ("conv",)
+    # tuned workloads: those whose task name contains one of these (("conv",): the convolutions only, the
+    # rest keeping default schedules); empty: every task
+    task_filter: tuple[str, ...] = ()
 
 
 @dataclass
@@ -100,6 +109,19 @@ def database_digest(work_dir: str | Path) -> str:
     return h.hexdigest()
 
 
+def _workload_key(task: Any) -> str:
+    """The task's workload identity, as MetaSchedule's database matches it (structural hash)."""
+    from tvm_ffi import structural_hash
+
+    return str(structural_hash(task.dispatched[0]))
+
+
+def read_ledger(work_dir: str | Path) -> dict[str, int]:
+    """Trials spent per workload key in ``work_dir`` ({} when none were recorded)."""
+    p = Path(work_dir) / LEDGER
+    return {str(k): int(v) for k, v in read_json(p, "tuning ledger").items()} if p.is_file() else {}
+
+
 def _records_per_workload(db: Any, tasks: list[Any]) -> list[int]:
     counts = []
     for t in tasks:
@@ -138,6 +160,26 @@ def allocate_trials(tasks: list[Any], trials: int, floor: int) -> list[int]:
     return [min(trials, max(floor, round(trials * w / total))) for w in work]
 
 
+def _drop_unnamed_handlers() -> None:
+    """MetaSchedule rebuilds its logging config from the names of its logger's current handlers and
+    fails on a handler without one (``'NoneType' object has no attribute 'format'``). One was there
+    after earlier tuning runs in the same pytest process (their origin was not traced); dropping it
+    only drops log lines."""
+    import logging
+
+    lg = logging.getLogger("tvm.s_tir.meta_schedule")
+    for h in list(lg.handlers):
+        if h.get_name() is None:
+            lg.removeHandler(h)
+
+
+def trials_left(alloc: list[int], records: list[int]) -> list[int]:
+    """Per task, the trials its share still lacks given the records the database already holds for its
+    workload (an earlier architecture's, or a killed run's): so resuming never spends more than the
+    budget, and a task tuned enough before is skipped."""
+    return [max(0, a - n) for a, n in zip(alloc, records)]
+
+
 def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = TuneConfig(),
          runner: Any = None) -> TuneReport:
     """Tune the Relax module's fused workloads for ``spec`` into the database in ``work_dir``.
@@ -153,18 +195,22 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
     target = tvm_target(spec)
     fused = fused_module(mod, target)
     tasks = [t for t in extract_tasks(fused, target)
-             if any(k in t.task_name for k in config.task_filter)]
+             if not config.task_filter or any(k in t.task_name for k in config.task_filter)]
     db = ms.database.JSONDatabase(work_dir=str(work_dir))
     before = database_records(work_dir)
     alloc = allocate_trials(tasks, config.trials, config.min_trials_per_task)
-    counts = _records_per_workload(db, tasks)
-    todo = [(t, a) for t, a, n in zip(tasks, alloc, counts) if n < a] if config.trials > 0 else []
+    ledger = read_ledger(work_dir)
+    keys = [_workload_key(t) for t in tasks]
+    counts = [max(n, ledger.get(k, 0)) for n, k in zip(_records_per_workload(db, tasks), keys)]
+    left = trials_left(alloc, counts) if config.trials > 0 else [0] * len(tasks)
+    todo = [(t, key, n, k) for t, key, n, k in zip(tasks, keys, counts, left) if k > 0]
     runner = runner or ms.runner.LocalRunner(timeout_sec=config.runner_timeout_s, initializer=limit_worker_memory)
     builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=config.builder_timeout_s,
                                       initializer=limit_worker_memory)
     # one task per tune_tasks call: MetaSchedule commits a task's records to the database when it joins
     # that task's measurements, so this bounds what a killed run loses to the task in flight
-    for k, (task, budget) in enumerate(todo):
+    for k, (task, key, spent, budget) in enumerate(todo):
+        _drop_unnamed_handlers()
         strategy = ms.search_strategy.EvolutionarySearch(population_size=config.population,
                                                          init_min_unmeasured=min(50, config.population // 2))
         contexts, weights = extracted_tasks_to_tune_contexts([task], work_dir=str(work_dir), strategy=strategy,
@@ -173,5 +219,7 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
                            max_trials_global=budget, max_trials_per_task=budget,
                            num_trials_per_iter=min(config.trials_per_iter, budget),
                            builder=builder, runner=runner, database=db)
+        ledger[key] = spent + budget
+        atomic_write_json(Path(work_dir) / LEDGER, ledger)
     return TuneReport(len(tasks), len(todo), len(tasks) - len(todo), before,
                       database_records(work_dir), time.perf_counter() - t0, database_digest(work_dir))

@@ -1,0 +1,62 @@
+"""agd.tuning.rewrite: transposed convolutions as sub-pixel convolutions before a TVM export. Pure
+PyTorch (no TVM needed): each rewrite is checked against nn.ConvTranspose2d in float64."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from agd.space import SearchSpace, derive, get_config
+from agd.tuning.rewrite import SubPixelConvTranspose2d, for_tvm, subpixel_reason
+
+# (kernel, stride, padding, output_padding, H, W): the spaces' upsampling (3, 2, 1, 1), other kernels,
+# strides 2-3, paddings that crop, output paddings, odd sizes and a 1-pixel input
+CASES = [(3, 2, 1, 1, 5, 7), (3, 2, 1, 0, 5, 7), (4, 2, 1, 0, 6, 5), (3, 3, 1, 2, 4, 4), (5, 2, 2, 1, 3, 8),
+         (2, 2, 0, 0, 5, 5), (3, 2, 0, 0, 4, 3), (7, 3, 3, 2, 5, 6), (1, 2, 0, 1, 3, 3), (3, 2, 1, 1, 1, 1),
+         ((3, 5), (2, 3), (1, 2), (1, 0), 4, 6)]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("k,s,p,op,h,w", CASES)
+def test_subpixel_matches_conv_transpose_float64(k, s, p, op, h, w, bias):
+    torch.manual_seed(0)
+    ct = nn.ConvTranspose2d(5, 4, k, s, p, op, bias=bias).double()
+    sp = SubPixelConvTranspose2d(ct)
+    x = torch.randn(2, 5, h, w, dtype=torch.float64)
+    want = ct(x)
+    got = sp(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_for_tvm_rewrites_a_translation_student_and_leaves_it_untouched():
+    torch.manual_seed(0)
+    net = derive(SearchSpace(get_config("translation-tiny")).random_genotype(random.Random(1))).eval()
+    before = sum(isinstance(m, nn.ConvTranspose2d) for m in net.modules())
+    assert before == 2  # the space's two upsampling layers
+    rewritten = for_tvm(net)
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in rewritten.modules())
+    assert sum(isinstance(m, SubPixelConvTranspose2d) for m in rewritten.modules()) == before
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in net.modules()) == before  # the original keeps them
+    x = torch.rand(1, 3, 37, 29)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), net(x), rtol=1e-5, atol=1e-5)
+    # standard ops only: the rewritten network exports
+    ep = torch.export.export(rewritten, (x,))
+    names = {getattr(n.target, "__name__", "") for n in ep.graph.nodes if n.op == "call_function"}
+    assert not any("conv_transpose" in n or "convolution_backward" in n for n in names)
+
+
+def test_subpixel_reasons_and_errors():
+    assert subpixel_reason(nn.Conv2d(2, 2, 3)) == "not a ConvTranspose2d"
+    assert "grouped" in subpixel_reason(nn.ConvTranspose2d(4, 4, 3, 2, groups=2))
+    assert "dilated" in subpixel_reason(nn.ConvTranspose2d(4, 4, 3, 2, dilation=2))
+    assert "stride 1" in subpixel_reason(nn.ConvTranspose2d(4, 4, 3, 1))
+    with pytest.raises(ValueError, match="groups 1, dilation 1"):
+        SubPixelConvTranspose2d(nn.ConvTranspose2d(4, 4, 3, 2, groups=2))
+    sp = SubPixelConvTranspose2d(nn.ConvTranspose2d(4, 3, 3, 2, 1, 1))
+    with pytest.raises(ValueError, match="fixed at 3 output channels, asked for 2"):
+        sp(torch.rand(1, 4, 5, 5), 2)

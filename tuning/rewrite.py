@@ -1,0 +1,113 @@
+"""Graph rewrites applied before a network is exported for TVM (numerically equivalent forms).
+
+Transposed convolutions become sub-pixel convolutions. TVM legalizes ``conv2d_transpose`` by
+dilating the input with zeros and running a dense convolution over the result, so at stride 2 three
+quarters of its multiply-adds hit inserted zeros, and the tuned kernel stays slow (13 % of the tuned
+translation student each, 5-6x oneDNN's time; BENCHMARKS.md). The same transposed convolution is one
+ordinary convolution on the undilated input that writes all s x s output phases as channels, then a
+depth-to-space reshuffle:
+
+    y[o, s*m + a, s*n + b] = conv2d(pad(x), Wc)[(o*s + a)*s + b, m, n]
+
+where output phase ``a`` uses the taps ``u`` of the original kernel with ``u == (a + P) mod s``, read
+at input offset ``floor((a + P) / s) - (u - (a + P) mod s) / s``. At k = 3, s = 2, P = 1 (the
+upsampling layers of both spaces) that is a 2 x 2 convolution to 4 * C_out channels: 16 multiply-adds
+per input pixel and output channel instead of 36, and nothing for TVM to gather or scatter.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# What for_tvm changes, recorded in artifact manifests and latency-table provenance (an entry measured
+# without a rewrite is not comparable with one measured with it).
+REWRITES = ("conv_transpose2d as sub-pixel conv2d + depth-to-space",)
+
+
+def _phase_taps(k: int, s: int, p: int) -> tuple[list[list[tuple[int, int]]], int, int]:
+    """Per output phase ``a`` the (input offset d, kernel tap u) pairs, and the offsets' min and max."""
+    phases = []
+    for a in range(s):
+        r = (a + p) % s
+        base = (a + p) // s
+        phases.append([(base - (u - r) // s, u) for u in range(r, k, s)])
+    offsets = [d for taps in phases for d, _ in taps] or [0]
+    return phases, min(offsets), max(offsets)
+
+
+class SubPixelConvTranspose2d(nn.Module):
+    """An ``nn.ConvTranspose2d`` (groups 1, dilation 1) as pad → conv2d → depth-to-space → crop."""
+
+    def __init__(self, ct: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        if ct.groups != 1 or tuple(ct.dilation) != (1, 1) or ct.padding_mode != "zeros":
+            raise ValueError("SubPixelConvTranspose2d: groups 1, dilation 1 and zero padding only")
+        (kh, kw), (sh, sw) = ct.kernel_size, ct.stride
+        (ph, pw), (oph, opw) = ct.padding, ct.output_padding  # type: ignore[misc]
+        self.stride, self.kernel, self.pad, self.out_pad = (sh, sw), (kh, kw), (ph, pw), (oph, opw)
+        rows, self.dh0, dh1 = _phase_taps(kh, sh, ph)
+        cols, self.dw0, dw1 = _phase_taps(kw, sw, pw)
+        w = ct.weight.detach()  # (C_in, C_out, kh, kw)
+        cin, cout = w.shape[0], w.shape[1]
+        wc = w.new_zeros(cout, sh, sw, cin, dh1 - self.dh0 + 1, dw1 - self.dw0 + 1)
+        for a, rtaps in enumerate(rows):
+            for b, ctaps in enumerate(cols):
+                for dh, u in rtaps:
+                    for dw, v in ctaps:
+                        wc[:, a, b, :, dh - self.dh0, dw - self.dw0] = w[:, :, u, v].t()
+        self.weight = nn.Parameter(wc.reshape(cout * sh * sw, cin, *wc.shape[-2:]), requires_grad=False)
+        self.span = (dh1 - self.dh0 + 1, dw1 - self.dw0 + 1)
+        bias = None if ct.bias is None else ct.bias.detach().repeat_interleave(sh * sw)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.out_channels = cout
+
+    def forward(self, x: torch.Tensor, out: int | None = None) -> torch.Tensor:
+        if out is not None and out != self.out_channels:
+            raise ValueError(f"SubPixelConvTranspose2d: fixed at {self.out_channels} output channels, asked for {out}")
+        n, _, h, w = x.shape
+        (sh, sw), (kh, kw), (ph, pw), (oph, opw) = self.stride, self.kernel, self.pad, self.out_pad
+        ho, wo = (h - 1) * sh - 2 * ph + kh + oph, (w - 1) * sw - 2 * pw + kw + opw
+        mh, mw = -(-ho // sh), -(-wo // sw)  # outputs per phase
+        # input rows m + d for d in [dh0, dh0 + span): pad (or crop) so every read is in range
+        top, left = -self.dh0, -self.dw0
+        bottom = mh - 1 + self.dh0 + self.span[0] - 1 - (h - 1)
+        right = mw - 1 + self.dw0 + self.span[1] - 1 - (w - 1)
+        x = F.pad(x, (left, right, top, bottom))
+        y = F.conv2d(x, self.weight, self.bias)  # (N, C_out * sh * sw, mh, mw)
+        y = y.reshape(n, self.out_channels, sh, sw, mh, mw).permute(0, 1, 4, 2, 5, 3)
+        y = y.reshape(n, self.out_channels, mh * sh, mw * sw)
+        return y[:, :, :ho, :wo] if (mh * sh, mw * sw) != (ho, wo) else y
+
+
+def subpixel_reason(m: nn.Module) -> str | None:
+    """Why ``m`` is not rewritten into a sub-pixel convolution (None: it is)."""
+    if not isinstance(m, nn.ConvTranspose2d):
+        return "not a ConvTranspose2d"
+    if m.groups != 1 or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros":
+        return "grouped, dilated or not zero-padded"
+    if tuple(m.stride) == (1, 1):
+        return "stride 1 (already an ordinary convolution)"
+    return None
+
+
+def for_tvm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every transposed convolution as a sub-pixel convolution (the original is
+    untouched; ``model`` itself when there is nothing to rewrite). The numerical check of the compiled
+    artifact still runs against the original."""
+    if not any(subpixel_reason(m) is None for m in model.modules()):
+        return model
+    out = copy.deepcopy(model).eval()
+
+    def swap(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if subpixel_reason(child) is None:
+                setattr(parent, name, SubPixelConvTranspose2d(child))  # type: ignore[arg-type]
+            else:
+                swap(child)
+
+    swap(out)
+    return out
