@@ -380,12 +380,16 @@ def test_trials_follow_each_tasks_share_of_the_work(x86, monkeypatch):
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
     tasks = [SimpleNamespace(name=n) for n in "abcd"]
-    work = {"a": 8e9, "b": 1e9, "c": 1e9, "d": float("nan")}  # d: the estimator failed, counted as average
-    monkeypatch.setattr(tune_mod, "task_work", lambda t: work[t.name])
+    work = {"a": 8e9, "b": 1e9, "c": 1e9, "d": float("nan"), "e": 0.0, "f": 0.0}  # d: the estimator failed,
+    monkeypatch.setattr(tune_mod, "task_work", lambda t: work[t.name])  # counted as average; e, f: gathers
     alloc = tune_mod.allocate_trials(tasks, 1000, 16)
     assert alloc[0] > 5 * alloc[1] and alloc[1] == alloc[2] >= 16 and alloc[3] > alloc[1]
     assert abs(sum(alloc) - 1000) <= len(tasks)
     assert tune_mod.allocate_trials(tasks, 2, 16) == [1, 1, 1, 1]  # a tiny budget is not inflated by the floor
+    # tasks without arithmetic get the floor only, taken off the split: the budget still holds
+    with_gathers = tune_mod.allocate_trials(tasks + [SimpleNamespace(name="e"), SimpleNamespace(name="f")], 1000, 16)
+    assert with_gathers[4:] == [16, 16] and abs(sum(with_gathers) - 1000) <= len(with_gathers)
+    assert with_gathers[0] > 5 * with_gathers[1]
     # a resumed or reused task gets only what its share lacks, never its whole share again
     assert tune_mod.trials_left([800, 100, 100, 16], [1039, 40, 0, 16]) == [0, 60, 100, 0]
     monkeypatch.undo()

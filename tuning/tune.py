@@ -148,16 +148,21 @@ def task_work(task: Any) -> float:
 def allocate_trials(tasks: list[Any], trials: int, floor: int) -> list[int]:
     """Split ``trials`` over ``tasks`` in proportion to their work (:func:`task_work`), at least ``floor``
     each (and at most ``trials``), so the convolutions that dominate the model get the search; an even
-    split spends as much on a 1x1 stem as on a body convolution called eight times."""
+    split spends as much on a 1x1 stem as on a body convolution called eight times. A task without
+    arithmetic (a gather, a reshape: 0 FLOPs) gets the floor, whose trials come off the split; one the
+    estimator cannot read counts as average."""
     if not tasks:
         return []
     work = [task_work(t) for t in tasks]
     known = [w for w in work if w == w and w > 0]
     mean = sum(known) / len(known) if known else 1.0
-    work = [w if w == w and w > 0 else mean for w in work]
-    total = sum(work)
+    work = [mean if w != w else max(w, 0.0) for w in work]
     floor = min(floor, max(1, trials // len(tasks)))  # a small budget is not multiplied by the floor
-    return [min(trials, max(floor, round(trials * w / total))) for w in work]
+    total = sum(work)
+    if total <= 0:
+        return [max(floor, trials // len(tasks))] * len(tasks)
+    split = max(0, trials - floor * sum(1 for w in work if w == 0))
+    return [min(trials, max(floor, round(split * w / total))) for w in work]
 
 
 def _drop_unnamed_handlers() -> None:
