@@ -467,3 +467,15 @@ def test_cli_compile_and_bad_target(tmp_path, capsys):
     assert e.value.code == 2 and "unknown target 'x86-64'" in capsys.readouterr().err
     main(["compile", str(gpath), "--target", "x86", "--output", str(tmp_path / "o"), "--database", str(tmp_path / "db")])
     assert "wrote" in capsys.readouterr().out and (tmp_path / "o" / "manifest.json").is_file()
+
+
+def test_latency_measure_json_stays_json_while_tuning(tmp_path, capsys):
+    """MetaSchedule logs to stdout while it tunes; with --json that goes to stderr and stdout parses."""
+    from agd.cli import main
+
+    gpath = _genotype(tmp_path, "sr-tiny", seed=5)
+    main(["latency", "measure", str(gpath), "--size", "8x8", "--backends", "tvm-tuned", "--trials", "1",
+          "--database", str(tmp_path / "db"), "--repeats", "1", "--json"])
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)["rows"]
+    assert [r["backend"] for r in rows] == ["tvm-tuned"] and rows[0]["ok"], rows

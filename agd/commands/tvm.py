@@ -64,6 +64,15 @@ def compile_cmd(
                f"{'tuned' if m['tuning']['tuned'] else 'untuned'}, latency {lat}, max abs error {m['max_abs_error']:.2e}")
 
 
+def _stdout_to_stderr(active: bool):
+    """With --json, stdout carries the JSON alone: MetaSchedule's tuning log, whose console handler it
+    binds to the current sys.stdout when tuning starts, goes to stderr instead."""
+    import contextlib
+    import sys
+
+    return contextlib.redirect_stdout(sys.stderr) if active else contextlib.nullcontext()
+
+
 @latency_app.command("measure")
 def latency_measure(
     genotype: Path = typer.Argument(..., help="A genotype JSON file."),
@@ -92,7 +101,8 @@ def latency_measure(
     spec = resolve_target("x86")
     cfg = CompareConfig(backends=tuple(b.strip() for b in backends.split(",") if b.strip()), trials=trials,
                         database=database or default_database("x86"), repeats=repeats, threads=threads)
-    rows = compare(model, x, spec, cfg, progress=None if as_json else _echo)
+    with _stdout_to_stderr(as_json):
+        rows = compare(model, x, spec, cfg, progress=None if as_json else _echo)
     if as_json:
         typer.echo(json.dumps({"genotype": str(genotype), "input": list(x.shape), "rows": rows}, indent=1))
         return
@@ -176,8 +186,9 @@ def latency_table_validate(
         raise AgdError(f"latency table {table_path}: it is for target {table.target}, not {spec.name}")
     session = device_for(spec, "validating a latency table")
     cfg = TableBuildConfig(trials=trials, database=database or default_database(spec.name))
-    rep = validate_table(table, _space(space), spec, parse_size(size), cfg, n=n, seed=seed, session=session,
-                         progress=None if as_json else _echo)
+    with _stdout_to_stderr(as_json):
+        rep = validate_table(table, _space(space), spec, parse_size(size), cfg, n=n, seed=seed, session=session,
+                             progress=None if as_json else _echo)
     if as_json:
         typer.echo(json.dumps(rep, indent=1))
         return
