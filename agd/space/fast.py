@@ -102,10 +102,11 @@ class FastConvNormAct(nn.Module):
         self.conv, self.backend = m.conv, backend
         self._norm_module = m.norm
         self.act, self.slope = _act_of(m.act)  # type: ignore[misc]
-        self.fmt = torch.channels_last if channels_last else torch.preserve_format
+        self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor, out: int | None = None) -> torch.Tensor:
-        x = x.contiguous(memory_format=self.fmt) if self.fmt is torch.channels_last else x
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return _epilogue(self.backend, self.conv(x), None, _Norm(self._norm_module), self.act, self.slope)
 
 
