@@ -1,5 +1,6 @@
-"""agd.tuning.rewrite: transposed convolutions as sub-pixel convolutions before a TVM export. Pure
-PyTorch (no TVM needed): each rewrite is checked against nn.ConvTranspose2d in float64."""
+"""agd.tuning.rewrite: transposed convolutions as sub-pixel convolutions and strided convolutions as
+space-to-depth ones before a TVM export. Pure PyTorch (no TVM needed): each rewrite is checked against
+the nn.ConvTranspose2d / nn.Conv2d it replaces, in float64."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from torch import nn
 
 from agd.space import SearchSpace, derive, get_config
-from agd.tuning.rewrite import SubPixelConvTranspose2d, for_tvm, subpixel_reason
+from agd.tuning.rewrite import (SpaceToDepthConv2d, SubPixelConvTranspose2d, for_tvm, space_to_depth_reason,
+                                subpixel_reason)
 
 # (kernel, stride, padding, output_padding, H, W): the spaces' upsampling (3, 2, 1, 1), other kernels,
 # strides 2-3, paddings that crop, output paddings, odd sizes and a 1-pixel input
@@ -24,22 +26,57 @@ CASES = [(3, 2, 1, 1, 5, 7), (3, 2, 1, 0, 5, 7), (4, 2, 1, 0, 6, 5), (3, 3, 1, 2
 def test_subpixel_matches_conv_transpose_float64(k, s, p, op, h, w, bias):
     torch.manual_seed(0)
     ct = nn.ConvTranspose2d(5, 4, k, s, p, op, bias=bias).double()
-    sp = SubPixelConvTranspose2d(ct)
+    _same_in_float64(ct, SubPixelConvTranspose2d(ct), h, w)
+
+
+def _same_in_float64(original: nn.Module, rewritten: nn.Module, h: int, w: int) -> None:
     x = torch.randn(2, 5, h, w, dtype=torch.float64)
-    want = ct(x)
-    got = sp(x)
+    want, got = original(x), rewritten(x)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+# (kernel, stride, padding, padding mode, H, W): the translation space's downsampling (3, 2, 1, zeros),
+# kernels smaller than, equal to and larger than the stride, non-square kernels and strides, inputs whose
+# last rows or columns the convolution never reads, reflect / replicate padding, a 1-pixel output
+S2D_CASES = [(3, 2, 1, "zeros", 8, 8), (3, 2, 1, "zeros", 7, 9), (3, 2, 1, "reflect", 5, 6), (4, 2, 1, "zeros", 9, 6),
+             (5, 3, 2, "zeros", 11, 7), (1, 2, 0, "zeros", 5, 4), (2, 2, 0, "zeros", 6, 6), (3, 2, 0, "zeros", 3, 3),
+             ((3, 5), (2, 3), (1, 2), "replicate", 6, 10), (7, 4, 3, "zeros", 13, 9)]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("k,s,p,mode,h,w", S2D_CASES)
+def test_space_to_depth_matches_strided_conv_float64(k, s, p, mode, h, w, bias):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5, 4, k, s, p, bias=bias, padding_mode=mode).double()
+    sd = SpaceToDepthConv2d(conv)
+    _same_in_float64(conv, sd, h, w)
+    assert sd.weight.shape[2:] == tuple(-(-kk // ss) for kk, ss in zip(conv.kernel_size, conv.stride))
+
+
+def test_space_to_depth_reasons_and_errors():
+    assert space_to_depth_reason(nn.ConvTranspose2d(2, 2, 3, 2)) == "not a Conv2d"
+    assert space_to_depth_reason(nn.Conv2d(2, 2, 3)) == "stride 1"
+    assert "grouped" in space_to_depth_reason(nn.Conv2d(4, 4, 3, 2, groups=2))  # depthwise stays as it is
+    assert "dilated" in space_to_depth_reason(nn.Conv2d(4, 4, 3, 2, dilation=2))
+    assert space_to_depth_reason(nn.Conv2d(4, 4, 3, 2, 1)) is None
+    with pytest.raises(ValueError, match="groups 1, dilation 1"):
+        SpaceToDepthConv2d(nn.Conv2d(4, 4, 3, 2, groups=4))
+    with pytest.raises(ValueError, match="fixed at 3 output channels, asked for 2"):
+        SpaceToDepthConv2d(nn.Conv2d(4, 3, 3, 2, 1))(torch.rand(1, 4, 6, 6), 2)
 
 
 def test_for_tvm_rewrites_a_translation_student_and_leaves_it_untouched():
     torch.manual_seed(0)
     net = derive(SearchSpace(get_config("translation-tiny")).random_genotype(random.Random(1))).eval()
     before = sum(isinstance(m, nn.ConvTranspose2d) for m in net.modules())
-    assert before == 2  # the space's two upsampling layers
+    strided = sum(isinstance(m, nn.Conv2d) and m.stride != (1, 1) for m in net.modules())
+    assert before == 2 and strided == 2  # the space's two upsampling and two downsampling layers
     rewritten = for_tvm(net)
     assert not any(isinstance(m, nn.ConvTranspose2d) for m in rewritten.modules())
+    assert not any(isinstance(m, nn.Conv2d) and m.stride != (1, 1) for m in rewritten.modules())
     assert sum(isinstance(m, SubPixelConvTranspose2d) for m in rewritten.modules()) == before
+    assert sum(isinstance(m, SpaceToDepthConv2d) for m in rewritten.modules()) == strided
     assert sum(isinstance(m, nn.ConvTranspose2d) for m in net.modules()) == before  # the original keeps them
     x = torch.rand(1, 3, 37, 29)
     with torch.no_grad():
@@ -48,6 +85,9 @@ def test_for_tvm_rewrites_a_translation_student_and_leaves_it_untouched():
     ep = torch.export.export(rewritten, (x,))
     names = {getattr(n.target, "__name__", "") for n in ep.graph.nodes if n.op == "call_function"}
     assert not any("conv_transpose" in n or "convolution_backward" in n for n in names)
+    strides = [n.args[3] for n in ep.graph.nodes if n.op == "call_function" and "conv" in str(n.target)
+               and len(n.args) > 3]
+    assert strides and all(list(s) == [1, 1] for s in strides)
 
 
 def test_subpixel_reasons_and_errors():

@@ -13,6 +13,20 @@ where output phase ``a`` uses the taps ``u`` of the original kernel with ``u == 
 at input offset ``floor((a + P) / s) - (u - (a + P) mod s) / s``. At k = 3, s = 2, P = 1 (the
 upsampling layers of both spaces) that is a 2 x 2 convolution to 4 * C_out channels: 16 multiply-adds
 per input pixel and output channel instead of 36, and nothing for TVM to gather or scatter.
+
+Strided convolutions become space-to-depth convolutions. MetaSchedule's NCHW schedules of a stride-2
+convolution read the input with a stride along the vectorized axis and reach about a third of the speed
+of the stride-1 ones (69-90 GFLOP/s against about 250 on this machine's translation example). The same
+convolution is a stride-1 convolution on the input's s x s phases stacked as channels:
+
+    y = conv2d(cat_{a,b}(pad(x)[:, :, a::s, b::s]), Wd),  Wd[o, (a*s + b)*C + c, i, j] = W[o, c, s*i + a, s*j + b]
+
+(zero where ``s*i + a`` or ``s*j + b`` is past the kernel). At k = 3, s = 2 (the downsampling layers of
+the translation space) that is a 2 x 2 convolution over 4 * C_in channels: 16 multiply-adds per output
+pixel and input channel instead of 9, run at the stride-1 kernels' speed. The phases are strided slices
+concatenated phase-major: the same shuffle as a reshape / transpose / reshape after the pad compiles to
+one TVM kernel that MetaSchedule cannot schedule (9.8 ms for 32 x 258 x 258 floats, against 0.9 ms for
+the slices; BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -25,7 +39,8 @@ from torch import nn
 
 # What for_tvm changes, recorded in artifact manifests and latency-table provenance (an entry measured
 # without a rewrite is not comparable with one measured with it).
-REWRITES = ("conv_transpose2d as sub-pixel conv2d + depth-to-space",)
+REWRITES = ("conv_transpose2d as sub-pixel conv2d + depth-to-space",
+            "strided conv2d as space-to-depth + stride-1 conv2d")
 
 
 def _phase_taps(k: int, s: int, p: int) -> tuple[list[list[tuple[int, int]]], int, int]:
@@ -83,6 +98,56 @@ class SubPixelConvTranspose2d(nn.Module):
         return y[:, :, :ho, :wo] if (mh * sh, mw * sw) != (ho, wo) else y
 
 
+class SpaceToDepthConv2d(nn.Module):
+    """An ``nn.Conv2d`` with stride > 1 (groups 1, dilation 1) as pad → space-to-depth → stride-1 conv2d."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if conv.groups != 1 or tuple(conv.dilation) != (1, 1) or isinstance(conv.padding, str):
+            raise ValueError("SpaceToDepthConv2d: groups 1, dilation 1 and numeric padding only")
+        (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
+        self.stride, self.kernel, self.pad = (sh, sw), (kh, kw), tuple(conv.padding)
+        self.mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        self.span = (-(-kh // sh), -(-kw // sw))
+        w = conv.weight.detach()  # (C_out, C_in, kh, kw)
+        cout, cin = w.shape[:2]
+        wd = w.new_zeros(cout, sh, sw, cin, *self.span)
+        for a in range(sh):
+            for b in range(sw):
+                taps = w[:, :, a::sh, b::sw]  # kernel rows s*i + a, columns s*j + b
+                wd[:, a, b, :, :taps.shape[2], :taps.shape[3]] = taps
+        self.weight = nn.Parameter(wd.reshape(cout, sh * sw * cin, *self.span), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.out_channels = cout
+
+    def forward(self, x: torch.Tensor, out: int | None = None) -> torch.Tensor:
+        if out is not None and out != self.out_channels:
+            raise ValueError(f"SpaceToDepthConv2d: fixed at {self.out_channels} output channels, asked for {out}")
+        (sh, sw), (kh, kw), (ph, pw) = self.stride, self.kernel, self.pad
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph), mode=self.mode)
+        h, w = x.shape[2:]
+        mh, mw = (h - kh) // sh + 1, (w - kw) // sw + 1  # output size
+        # phase rows m + i for i < span: the input must hold s * (m_out - 1 + span) rows; the extra ones
+        # (zero padding, or leftovers the slices leave out) only meet the zero taps past the kernel
+        hh, ww = sh * (mh - 1 + self.span[0]), sw * (mw - 1 + self.span[1])
+        if hh > h or ww > w:
+            x = F.pad(x, (0, max(0, ww - w), 0, max(0, hh - h)))
+        x = torch.cat([x[:, :, a:hh:sh, b:ww:sw] for a in range(sh) for b in range(sw)], 1)
+        return F.conv2d(x, self.weight, self.bias)
+
+
+def space_to_depth_reason(m: nn.Module) -> str | None:
+    """Why ``m`` is not rewritten into a space-to-depth convolution (None: it is)."""
+    if not isinstance(m, nn.Conv2d):
+        return "not a Conv2d"
+    if m.groups != 1 or tuple(m.dilation) != (1, 1) or isinstance(m.padding, str):
+        return "grouped, dilated or 'same'/'valid' padded"
+    if tuple(m.stride) == (1, 1):
+        return "stride 1"
+    return None
+
+
 def subpixel_reason(m: nn.Module) -> str | None:
     """Why ``m`` is not rewritten into a sub-pixel convolution (None: it is)."""
     if not isinstance(m, nn.ConvTranspose2d):
@@ -95,10 +160,10 @@ def subpixel_reason(m: nn.Module) -> str | None:
 
 
 def for_tvm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every transposed convolution as a sub-pixel convolution (the original is
-    untouched; ``model`` itself when there is nothing to rewrite). The numerical check of the compiled
-    artifact still runs against the original."""
-    if not any(subpixel_reason(m) is None for m in model.modules()):
+    """A copy of ``model`` with every transposed convolution as a sub-pixel convolution and every strided
+    convolution as a space-to-depth one (the original is untouched; ``model`` itself when there is nothing
+    to rewrite). The numerical check of the compiled artifact still runs against the original."""
+    if not any(subpixel_reason(m) is None or space_to_depth_reason(m) is None for m in model.modules()):
         return model
     out = copy.deepcopy(model).eval()
 
@@ -106,6 +171,8 @@ def for_tvm(model: nn.Module) -> nn.Module:
         for name, child in parent.named_children():
             if subpixel_reason(child) is None:
                 setattr(parent, name, SubPixelConvTranspose2d(child))  # type: ignore[arg-type]
+            elif space_to_depth_reason(child) is None:
+                setattr(parent, name, SpaceToDepthConv2d(child))  # type: ignore[arg-type]
             else:
                 swap(child)
 
