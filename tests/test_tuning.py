@@ -313,6 +313,17 @@ def test_latency_table_times_with_its_own_settings(x86, monkeypatch):
     assert seen[0] == mine and seen[1].number == 1 and seen[1] != TimingConfig()
 
 
+def test_latency_table_will_not_mix_entries_of_another_export(tmp_path, x86):
+    """Entries measured with other export rewrites (an older agd) are not topped up with new ones."""
+    from agd.tuning.latency_table import LatencyTable, TableBuildConfig, build_table
+    from agd.tuning.rewrite import REWRITES
+
+    old = LatencyTable("x86", x86.tvm_target, {"runs": [{"export_rewrites": list(REWRITES[:1])}]}, {"k": 1.0})
+    with pytest.raises(AgdError, match="measured with export rewrites .* build a new table"):
+        build_table(old, _small_space(), x86, None, TableBuildConfig(), path=tmp_path / "lt.json")
+    assert len(old.provenance["runs"]) == 1 and not (tmp_path / "lt.json").exists()
+
+
 def test_latency_table_rejects_corrupt_file(tmp_path):
     from agd.tuning.latency_table import LatencyTable
 
@@ -352,7 +363,7 @@ torch.manual_seed(0)
 m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
 prog = to_relax(m.eval(), torch.rand(1, 3, 16, 16))
 tune(prog.mod, resolve_target("x86"), sys.argv[1], TuneConfig(trials=64, trials_per_iter=1, population=8))
-"""  # a budget large enough that the run is still in its first task when the test kills it
+"""  # a budget large enough that the run is still tuning when the test kills it
 
 
 @pytest.mark.slow  # 30-60 s idle, 2-3 min on a loaded 2-core machine: three TVM imports and two tuned tasks
@@ -390,6 +401,11 @@ def test_trials_follow_each_tasks_share_of_the_work(x86, monkeypatch):
     with_gathers = tune_mod.allocate_trials(tasks + [SimpleNamespace(name="e"), SimpleNamespace(name="f")], 1000, 16)
     assert with_gathers[4:] == [16, 16] and abs(sum(with_gathers) - 1000) <= len(with_gathers)
     assert with_gathers[0] > 5 * with_gathers[1]
+    # floors that bind (five small tasks under 16 trials of share each) come off the large task's split
+    work.update({f"s{i}": 1e6 for i in range(5)})
+    binding = tune_mod.allocate_trials([SimpleNamespace(name="a")] + [SimpleNamespace(name=f"s{i}") for i in range(5)],
+                                       100, 16)
+    assert binding == [20, 16, 16, 16, 16, 16]
     # a resumed or reused task gets only what its share lacks, never its whole share again
     assert tune_mod.trials_left([800, 100, 100, 16], [1039, 40, 0, 16]) == [0, 60, 100, 0]
     monkeypatch.undo()
@@ -404,6 +420,32 @@ def test_trials_follow_each_tasks_share_of_the_work(x86, monkeypatch):
     # the largest: the 8->8 conv + ReLU, called twice (2 x (2 FLOPs per MAC x MACs)); the rest once
     assert max(works) == pytest.approx(2 * 2 * 16 * 16 * 8 * 8 * 9, rel=0.05)
     assert sorted(works)[:-1] == pytest.approx([2 * 16 * 16 * 8 * 3 * 9, 2 * 16 * 16 * 3 * 8 * 9], rel=0.05)
+
+
+def test_one_run_shares_what_the_tasks_lack_under_the_gradient_scheduler(tmp_path, x86, monkeypatch):
+    """The tasks lacking trials are tuned in one MetaSchedule run, for the sum of what they lack, under the
+    gradient-based task scheduler; a finished run leaves each task its share (the ledger), so the same
+    budget again tunes nothing and a larger one tunes the difference only. (tune_tasks is stubbed: this
+    checks the budget, not MetaSchedule.)"""
+    from tvm.s_tir import meta_schedule as ms
+
+    from agd.tuning.export import to_relax
+    from agd.tuning.tune import TuneConfig, read_ledger, tune
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ms.tune, "tune_tasks", lambda **kw: calls.append(kw))
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
+    prog = to_relax(m.eval(), torch.rand(1, 3, 16, 16))
+    db = tmp_path / "db"
+    rep = tune(prog.mod, x86, db, TuneConfig(trials=100))
+    assert len(calls) == 1 and isinstance(calls[0]["task_scheduler"], ms.task_scheduler.GradientBased)
+    assert len(calls[0]["tasks"]) == rep.tasks_tuned == rep.tasks >= 2
+    assert abs(calls[0]["max_trials_global"] - 100) <= rep.tasks  # (rounding of the shares)
+    assert abs(sum(read_ledger(db).values()) - 100) <= rep.tasks
+    again = tune(prog.mod, x86, db, TuneConfig(trials=100))
+    assert len(calls) == 1 and again.tasks_tuned == 0
+    tune(prog.mod, x86, db, TuneConfig(trials=300))
+    assert len(calls) == 2 and abs(calls[1]["max_trials_global"] - 200) <= 2 * rep.tasks
 
 
 def test_killed_tuning_resumes_from_database_and_tuned_build_matches(tmp_path, x86):
@@ -427,10 +469,12 @@ def test_killed_tuning_resumes_from_database_and_tuned_build_matches(tmp_path, x
     from agd.tuning.export import to_relax
 
     prog = to_relax(m.eval(), torch.rand(1, 3, 16, 16))
-    rep = tune(prog.mod, x86, db, TuneConfig(trials=2, trials_per_iter=1, population=8))
-    assert rep.records_before == killed_with and rep.tasks_reused >= 1 and rep.tasks_reused + rep.tasks_tuned == rep.tasks
-    assert rep.records_after > rep.records_before
-    again = tune(prog.mod, x86, db, TuneConfig(trials=2, trials_per_iter=1, population=8))
+    # a budget above what the killed run spent: the resumed run gives the tasks only what they lack
+    cfg = TuneConfig(trials=killed_with + 16, trials_per_iter=1, population=8)
+    rep = tune(prog.mod, x86, db, cfg)
+    assert rep.records_before == killed_with and rep.tasks_reused + rep.tasks_tuned == rep.tasks >= 2
+    assert rep.records_before < rep.records_after <= cfg.trials + rep.tasks  # (+ rounding of the shares)
+    again = tune(prog.mod, x86, db, cfg)
     assert again.tasks_tuned == 0 and again.records_after == rep.records_after  # nothing left to tune
     res = compile_model(m, x86, (1, 3, 16, 16), CompileConfig(database=db))
     assert res["tuned"] and res["max_abs_error"] <= 1e-4

@@ -201,6 +201,11 @@ def build_table(table: LatencyTable, space: Any, spec: Any, hw: tuple[int, int] 
     from agd.space import derive
     from agd.space.space import build_op
 
+    earlier = table.provenance.get("runs") or []
+    if table.entries and earlier and earlier[-1].get("export_rewrites", []) != list(REWRITES):
+        raise AgdError(f"latency table {path or ''}: its entries were measured with export rewrites "
+                       f"{earlier[-1].get('export_rewrites', [])}, this agd exports with {list(REWRITES)}; "
+                       "the timings are not comparable: build a new table")
     table.provenance.setdefault("runs", []).append({
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "trials_per_configuration": cfg.trials,
         "database": str(cfg.database) if cfg.database else None, "tvm": tvm.__version__,

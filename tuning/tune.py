@@ -1,15 +1,16 @@
 """MetaSchedule tuning with a persistent JSON database per target.
 
 The model's trial budget is split over its tasks by their share of its arithmetic
-(:func:`allocate_trials`); every task gets at least a floor of trials, so the instance norms, reflect-pad
-gathers and layout shuffles, which hold little arithmetic, still leave TVM's default CPU schedules (one
-thread, no vectorization): on the translation example those took 23 of 114 ms untuned and 5 after 16
-trials each. The database (``database_workload.json`` + ``database_tuning_record.json`` in
-the work dir) is appended record by record as candidates are measured, so a killed run loses at most
-the batch in flight; the next run skips every workload that already has its share of the trials in
-records (or more) and gives the rest only what their share lacks (:func:`trials_left`), warm-started
-from the records there. Workloads shared with an earlier architecture (same operator, shapes, target) are
-therefore tuned once.
+(:func:`allocate_trials`), at least a floor each, so the instance norms, reflect-pad gathers and layout
+shuffles, which hold little arithmetic, still leave TVM's default CPU schedules (one thread, no
+vectorization): on the translation example those took 23 of 114 ms untuned and 5 after 16 trials each.
+The shares decide how much a run spends and on which tasks; MetaSchedule's gradient-based scheduler then
+decides where those trials go, by measured progress (:func:`tune`). The database
+(``database_workload.json`` + ``database_tuning_record.json`` in the work dir) is appended record by
+record as candidates are measured, so a killed run loses at most the batch in flight; the next run
+skips every workload that already has its share of the trials in records (or more) and gives the rest
+only what their share lacks (:func:`trials_left`), warm-started from the records there. Workloads
+shared with an earlier architecture (same operator, shapes, target) are therefore tuned once.
 
 Builds run in worker processes with :func:`build_candidate`, which avoids TVM's default builder's
 ``import tvm.s_tir.tensor_intrin`` (30-48 s per worker here, more than the default build timeout).
@@ -147,10 +148,10 @@ def task_work(task: Any) -> float:
 
 def allocate_trials(tasks: list[Any], trials: int, floor: int) -> list[int]:
     """Split ``trials`` over ``tasks`` in proportion to their work (:func:`task_work`), at least ``floor``
-    each (and at most ``trials``), so the convolutions that dominate the model get the search; an even
-    split spends as much on a 1x1 stem as on a body convolution called eight times. A task without
-    arithmetic (a gather, a reshape: 0 FLOPs) gets the floor, whose trials come off the split; one the
-    estimator cannot read counts as average."""
+    each, the floors' trials coming off the others' split (the sum stays within ``trials``, up to
+    rounding). These shares bound what a run spends and say which tasks still lack trials; the
+    gradient-based scheduler in :func:`tune` decides where the run's trials go. A task without arithmetic
+    (a gather, a reshape: 0 FLOPs) gets the floor; one the estimator cannot read counts as average."""
     if not tasks:
         return []
     work = [task_work(t) for t in tasks]
@@ -158,11 +159,22 @@ def allocate_trials(tasks: list[Any], trials: int, floor: int) -> list[int]:
     mean = sum(known) / len(known) if known else 1.0
     work = [mean if w != w else max(w, 0.0) for w in work]
     floor = min(floor, max(1, trials // len(tasks)))  # a small budget is not multiplied by the floor
-    total = sum(work)
-    if total <= 0:
+    if sum(work) <= 0:
         return [max(floor, trials // len(tasks))] * len(tasks)
-    split = max(0, trials - floor * sum(1 for w in work if w == 0))
-    return [min(trials, max(floor, round(split * w / total))) for w in work]
+    # water-filling: a task whose share is under the floor gets the floor, and its trials come off the
+    # others' split, until every share left is above it (so the floors never push the sum past ``trials``)
+    floored = {i for i, w in enumerate(work) if w == 0}
+    while True:
+        rest = [i for i in range(len(work)) if i not in floored]
+        split = trials - floor * len(floored)
+        total = sum(work[i] for i in rest)
+        low = {i for i in rest if split * work[i] / total < floor}
+        if not low:
+            break
+        floored |= low
+        if len(floored) == len(work):
+            return [floor] * len(work)
+    return [floor if i in floored else min(trials, round(split * work[i] / total)) for i in range(len(work))]
 
 
 def _drop_unnamed_handlers() -> None:
@@ -189,6 +201,13 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
          runner: Any = None) -> TuneReport:
     """Tune the Relax module's fused workloads for ``spec`` into the database in ``work_dir``.
 
+    The tasks that still lack trials of their share (:func:`allocate_trials`, :func:`trials_left`) are
+    tuned together, for the sum of what they lack, under MetaSchedule's gradient-based task scheduler: one
+    round of ``trials_per_iter`` for each task, then each round goes to the task whose weighted latency
+    is falling fastest. The share decides which tasks need tuning and how much the run spends, the
+    measurements decide where the trials go: a body convolution plateaus within about 64 trials while a
+    stride-2 or 1x1 one keeps improving past 192 (BENCHMARKS.md), which a split by arithmetic cannot know.
+
     ``runner`` defaults to a local runner (the build machine is the target); for RPC targets pass
     :func:`agd.tuning.measure.rpc_runner`'s result."""
     from tvm.s_tir import meta_schedule as ms
@@ -206,25 +225,37 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
     alloc = allocate_trials(tasks, config.trials, config.min_trials_per_task)
     ledger = read_ledger(work_dir)
     keys = [_workload_key(t) for t in tasks]
-    counts = [max(n, ledger.get(k, 0)) for n, k in zip(_records_per_workload(db, tasks), keys)]
+    records = _records_per_workload(db, tasks)
+    counts = [max(n, ledger.get(k, 0)) for n, k in zip(records, keys)]
     left = trials_left(alloc, counts) if config.trials > 0 else [0] * len(tasks)
-    todo = [(t, key, n, k) for t, key, n, k in zip(tasks, keys, counts, left) if k > 0]
-    runner = runner or ms.runner.LocalRunner(timeout_sec=config.runner_timeout_s, initializer=limit_worker_memory)
-    builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=config.builder_timeout_s,
-                                      initializer=limit_worker_memory)
-    # one task per tune_tasks call: MetaSchedule commits a task's records to the database when it joins
-    # that task's measurements, so this bounds what a killed run loses to the task in flight
-    for k, (task, key, spent, budget) in enumerate(todo):
+    # least-tuned first: the scheduler's first round goes in this order, so a small remainder of the
+    # budget (a resumed run) reaches the tasks that lack the most
+    todo = sorted((i for i in range(len(tasks)) if left[i] > 0), key=lambda i: counts[i] - alloc[i])
+    if todo:
+        runner = runner or ms.runner.LocalRunner(timeout_sec=config.runner_timeout_s,
+                                                 initializer=limit_worker_memory)
+        builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=config.builder_timeout_s,
+                                          initializer=limit_worker_memory)
+        contexts, weights = [], []
+        for i in todo:  # one search strategy per task (a shared instance would be re-initialized per task)
+            strategy = ms.search_strategy.EvolutionarySearch(population_size=config.population,
+                                                             init_min_unmeasured=min(50, config.population // 2))
+            c, w = extracted_tasks_to_tune_contexts([tasks[i]], work_dir=str(work_dir), strategy=strategy,
+                                                    seed=config.seed + i)
+            contexts += c
+            weights += w
+        budget = sum(left[i] for i in todo)
         _drop_unnamed_handlers()
-        strategy = ms.search_strategy.EvolutionarySearch(population_size=config.population,
-                                                         init_min_unmeasured=min(50, config.population // 2))
-        contexts, weights = extracted_tasks_to_tune_contexts([task], work_dir=str(work_dir), strategy=strategy,
-                                                             seed=config.seed + k)
+        # records are committed batch by batch as they are measured: a killed run loses the batch in flight
         ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir),
                            max_trials_global=budget, max_trials_per_task=budget,
-                           num_trials_per_iter=min(config.trials_per_iter, budget),
-                           builder=builder, runner=runner, database=db)
-        ledger[key] = spent + budget
+                           num_trials_per_iter=min(config.trials_per_iter, budget), builder=builder, runner=runner,
+                           database=db, task_scheduler=ms.task_scheduler.GradientBased(seed=config.seed))
+        # the run spent the budget these tasks lacked: each has its share now, however the scheduler split
+        # it, and is not tuned again for this budget (a killed run never gets here and resumes from records)
+        after = _records_per_workload(db, [tasks[i] for i in todo])
+        for i, n in zip(todo, after):
+            ledger[keys[i]] = max(counts[i] + n - records[i], alloc[i])
         atomic_write_json(Path(work_dir) / LEDGER, ledger)
     return TuneReport(len(tasks), len(todo), len(tasks) - len(todo), before,
                       database_records(work_dir), time.perf_counter() - t0, database_digest(work_dir))
