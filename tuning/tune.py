@@ -238,6 +238,7 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
                                           initializer=limit_worker_memory)
         contexts, weights = [], []
         for i in todo:  # one search strategy per task (a shared instance would be re-initialized per task)
+            _drop_unnamed_handlers()  # each call rebuilds MetaSchedule's logging config
             strategy = ms.search_strategy.EvolutionarySearch(population_size=config.population,
                                                              init_min_unmeasured=min(50, config.population // 2))
             c, w = extracted_tasks_to_tune_contexts([tasks[i]], work_dir=str(work_dir), strategy=strategy,
@@ -245,7 +246,6 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
             contexts += c
             weights += w
         budget = sum(left[i] for i in todo)
-        _drop_unnamed_handlers()
         # records are committed batch by batch as they are measured: a killed run loses the batch in flight
         ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir),
                            max_trials_global=budget, max_trials_per_task=budget,
