@@ -52,6 +52,8 @@ def test_space_to_depth_matches_strided_conv_float64(k, s, p, mode, h, w, bias):
     sd = SpaceToDepthConv2d(conv)
     _same_in_float64(conv, sd, h, w)
     assert sd.weight.shape[2:] == tuple(-(-kk // ss) for kk, ss in zip(conv.kernel_size, conv.stride))
+    # only the phases the kernel reaches become channels: no all-zero ones (a 1x1 stride-2 conv reads one)
+    assert sd.weight.shape[1] == 5 * min(conv.kernel_size[0], conv.stride[0]) * min(conv.kernel_size[1], conv.stride[1])
 
 
 def test_space_to_depth_reasons_and_errors():

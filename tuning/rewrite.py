@@ -21,7 +21,8 @@ convolution is a stride-1 convolution on the input's s x s phases stacked as cha
 
     y = conv2d(cat_{a,b}(pad(x)[:, :, a::s, b::s]), Wd),  Wd[o, (a*s + b)*C + c, i, j] = W[o, c, s*i + a, s*j + b]
 
-(zero where ``s*i + a`` or ``s*j + b`` is past the kernel). At k = 3, s = 2 (the downsampling layers of
+(zero where ``s*i + a`` or ``s*j + b`` is past the kernel; phases no tap reaches, as at k < s, are left
+out rather than stacked as zero channels). At k = 3, s = 2 (the downsampling layers of
 the translation space) that is a 2 x 2 convolution over 4 * C_in channels: 16 multiply-adds per output
 pixel and input channel instead of 9, run at the stride-1 kernels' speed. The phases are strided slices
 concatenated phase-major: the same shuffle as a reshape / transpose / reshape after the pad compiles to
@@ -109,14 +110,16 @@ class SpaceToDepthConv2d(nn.Module):
         self.stride, self.kernel, self.pad = (sh, sw), (kh, kw), tuple(conv.padding)
         self.mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
         self.span = (-(-kh // sh), -(-kw // sw))
+        # phases the kernel reaches: all s x s when k >= s; a 1x1 stride-2 conv reads one (no zero channels)
+        self.phases = (min(sh, kh), min(sw, kw))
         w = conv.weight.detach()  # (C_out, C_in, kh, kw)
         cout, cin = w.shape[:2]
-        wd = w.new_zeros(cout, sh, sw, cin, *self.span)
-        for a in range(sh):
-            for b in range(sw):
+        wd = w.new_zeros(cout, *self.phases, cin, *self.span)
+        for a in range(self.phases[0]):
+            for b in range(self.phases[1]):
                 taps = w[:, :, a::sh, b::sw]  # kernel rows s*i + a, columns s*j + b
                 wd[:, a, b, :, :taps.shape[2], :taps.shape[3]] = taps
-        self.weight = nn.Parameter(wd.reshape(cout, sh * sw * cin, *self.span), requires_grad=False)
+        self.weight = nn.Parameter(wd.reshape(cout, -1, *self.span), requires_grad=False)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
         self.out_channels = cout
 
@@ -133,7 +136,7 @@ class SpaceToDepthConv2d(nn.Module):
         hh, ww = sh * (mh - 1 + self.span[0]), sw * (mw - 1 + self.span[1])
         if hh > h or ww > w:
             x = F.pad(x, (0, max(0, ww - w), 0, max(0, hh - h)))
-        x = torch.cat([x[:, :, a:hh:sh, b:ww:sw] for a in range(sh) for b in range(sw)], 1)
+        x = torch.cat([x[:, :, a:hh:sh, b:ww:sw] for a in range(self.phases[0]) for b in range(self.phases[1])], 1)
         return F.conv2d(x, self.weight, self.bias)
 
 
