@@ -15,8 +15,8 @@ upsampling layers of both spaces) that is a 2 x 2 convolution to 4 * C_out chann
 per input pixel and output channel instead of 36, and nothing for TVM to gather or scatter.
 
 Strided convolutions become space-to-depth convolutions. MetaSchedule's NCHW schedules of a stride-2
-convolution read the input with a stride along the vectorized axis and reach about a third of the speed
-of the stride-1 ones (69-90 GFLOP/s against about 250 on this machine's translation example). The same
+convolution read the input with a stride along the vectorized axis and reach a third to a half of the
+speed of the stride-1 ones (69-125 GFLOP/s against about 250 on this machine's translation example). The same
 convolution is a stride-1 convolution on the input's s x s phases stacked as channels:
 
     y = conv2d(cat_{a,b}(pad(x)[:, :, a::s, b::s]), Wd),  Wd[o, (a*s + b)*C + c, i, j] = W[o, c, s*i + a, s*j + b]
