@@ -184,20 +184,26 @@ def test_arm64_runs_through_rpc_under_qemu(tmp_path, arm64_rpc):
     print(f"{url}: {man['latency_ms']:.3f} ms{' (EMULATED under qemu, not ARM speed)' if emulated else ''}")
 
 
-def test_export_runs_transposed_convolutions_as_subpixel(x86):
-    """TVM sees no conv2d_transpose (agd.tuning.rewrite), and the x86 build still matches PyTorch."""
+def test_export_rewrites_convolutions_and_the_build_matches(x86):
+    """TVM sees no conv2d_transpose, no strided conv2d and no wide 3x3 conv2d (agd.tuning.rewrite: sub-pixel,
+    space-to-depth and Winograd forms), and the x86 build still matches PyTorch."""
     import tvm
     from tvm import relax
 
     from agd.tuning.build import build
     from agd.tuning.export import to_relax
+    from agd.tuning.rewrite import WINOGRAD_MIN_WIDTH
 
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ConvTranspose2d(8, 4, 3, 2, 1, 1), nn.ReLU()).eval()
+    w = WINOGRAD_MIN_WIDTH
+    m = nn.Sequential(nn.Conv2d(3, w, 3, padding=1), nn.Conv2d(w, w, 3, padding=1, padding_mode="reflect"),
+                      nn.Conv2d(w, 8, 3, 2, 1), nn.ConvTranspose2d(8, 4, 3, 2, 1, 1), nn.ReLU()).eval()
     x = torch.rand(1, 3, 9, 7)
     prog = to_relax(m, x)
     text = prog.mod.script()
-    assert "conv2d_transpose" not in text and "R.nn.conv2d" in text
+    assert "conv2d_transpose" not in text and "strides=[2, 2]" not in text
+    # the narrow stem stays a direct 3x3; the Winograd layer is matrix products; the others become 2x2
+    assert text.count("R.nn.conv2d(") == 3 and "R.matmul" in text
     vm = relax.VirtualMachine(build(prog.mod, x86), tvm.cpu())
     out = vm["main"](tvm.runtime.tensor(x.numpy()), *prog.params).numpy()
     with torch.no_grad():

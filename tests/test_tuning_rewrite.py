@@ -1,6 +1,6 @@
-"""agd.tuning.rewrite: transposed convolutions as sub-pixel convolutions and strided convolutions as
-space-to-depth ones before a TVM export. Pure PyTorch (no TVM needed): each rewrite is checked against
-the nn.ConvTranspose2d / nn.Conv2d it replaces, in float64."""
+"""agd.tuning.rewrite: transposed convolutions as sub-pixel convolutions, strided convolutions as
+space-to-depth ones and 3x3 convolutions as Winograd ones before a TVM export. Pure PyTorch (no TVM
+needed): each rewrite is checked against the nn.ConvTranspose2d / nn.Conv2d it replaces, in float64."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from agd.space import SearchSpace, derive, get_config
-from agd.tuning.rewrite import (SpaceToDepthConv2d, SubPixelConvTranspose2d, for_tvm, space_to_depth_reason,
-                                subpixel_reason)
+from agd.tuning.rewrite import (WINOGRAD_MIN_WIDTH, SpaceToDepthConv2d, SubPixelConvTranspose2d, WinogradConv2d,
+                                for_tvm, space_to_depth_reason, subpixel_reason, winograd_reason)
 
 # (kernel, stride, padding, output_padding, H, W): the spaces' upsampling (3, 2, 1, 1), other kernels,
 # strides 2-3, paddings that crop, output paddings, odd sizes and a 1-pixel input
@@ -29,8 +29,8 @@ def test_subpixel_matches_conv_transpose_float64(k, s, p, op, h, w, bias):
     _same_in_float64(ct, SubPixelConvTranspose2d(ct), h, w)
 
 
-def _same_in_float64(original: nn.Module, rewritten: nn.Module, h: int, w: int) -> None:
-    x = torch.randn(2, 5, h, w, dtype=torch.float64)
+def _same_in_float64(original: nn.Module, rewritten: nn.Module, h: int, w: int, c: int = 5) -> None:
+    x = torch.randn(2, c, h, w, dtype=torch.float64)
     want, got = original(x), rewritten(x)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -66,6 +66,81 @@ def test_space_to_depth_reasons_and_errors():
         SpaceToDepthConv2d(nn.Conv2d(4, 4, 3, 2, groups=4))
     with pytest.raises(ValueError, match="fixed at 3 output channels, asked for 2"):
         SpaceToDepthConv2d(nn.Conv2d(4, 3, 3, 2, 1))(torch.rand(1, 4, 6, 6), 2)
+
+
+# (padding, padding mode, H, W): the spaces' 3x3 layers (1, reflect / zeros), sizes that are and are not
+# multiples of the output tile, no padding, wider padding, replicate, a 1-pixel output and a 1-pixel input
+WINO_CASES = [(1, "reflect", 16, 16), (1, "zeros", 13, 11), (1, "reflect", 7, 9), (0, "zeros", 10, 7),
+              (2, "zeros", 5, 6), (1, "replicate", 6, 10), (0, "zeros", 3, 3), (1, "zeros", 1, 1)]
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("p,mode,h,w", WINO_CASES)
+def test_winograd_matches_conv_float64(p, mode, h, w, bias, tile):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5, 4, 3, 1, p, bias=bias, padding_mode=mode).double()
+    _same_in_float64(conv, WinogradConv2d(conv, tile), h, w)  # batch 2: tiles of both images
+
+
+def test_winograd_float32_rounding_stays_near_direct():
+    """F(4x4, 3x3)'s transforms (entries up to 8, and 1/24 in G) round more than a direct convolution. On a
+    body-like layer (128 channels, unit-variance input), against float64 and relative to the output's
+    largest value: direct 3e-7, F(2x2, 3x3) 5e-7, F(4x4, 3x3) 0.8-1.1e-5 (3 seeds); bounds 3x those."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(128, 128, 3, padding=1, padding_mode="reflect")
+    x = torch.randn(1, 128, 24, 24)
+    with torch.no_grad():
+        want = conv.double()(x.double())
+        conv.float()
+        scale = want.abs().max().item()
+        for tile, bound in ((4, 3e-5), (2, 1.5e-6)):
+            err = (WinogradConv2d(conv, tile)(x).double() - want).abs().max().item()
+            assert err < bound * scale, (tile, err, scale)
+
+
+def test_winograd_reasons_and_errors():
+    assert winograd_reason(nn.ConvTranspose2d(32, 32, 3)) == "not a Conv2d"
+    assert "not 3x3" in winograd_reason(nn.Conv2d(32, 32, 5, padding=2))
+    assert "not 3x3" in winograd_reason(nn.Conv2d(32, 32, 1))
+    assert winograd_reason(nn.Conv2d(32, 32, 3, 2, 1)) == "strided"  # space-to-depth's case
+    assert "grouped" in winograd_reason(nn.Conv2d(32, 32, 3, padding=1, groups=32))  # depthwise stays direct
+    assert "dilated" in winograd_reason(nn.Conv2d(32, 32, 3, padding=2, dilation=2))
+    assert "'same'" in winograd_reason(nn.Conv2d(32, 32, 3, padding="same"))
+    n = WINOGRAD_MIN_WIDTH
+    assert "narrow" in winograd_reason(nn.Conv2d(3, 2 * n, 3, padding=1))  # an RGB stem stays direct
+    assert "narrow" in winograd_reason(nn.Conv2d(n - 8, n - 8, 3, padding=1))
+    assert winograd_reason(nn.Conv2d(n, n, 3, padding=1)) is None
+    assert winograd_reason(nn.Conv2d(n // 2 + n // 4, 3 * n // 2, 3, padding=1)) is None  # harmonic mean n
+    assert "narrow" in winograd_reason(nn.Conv2d(n // 2, 4 * n, 3, padding=1))  # one side too narrow
+    with pytest.raises(ValueError, match="stride 1, groups 1.*strided"):
+        WinogradConv2d(nn.Conv2d(4, 4, 3, 2))
+    with pytest.raises(ValueError, match="tile 3 unsupported"):
+        WinogradConv2d(nn.Conv2d(4, 4, 3), tile=3)
+    with pytest.raises(ValueError, match="fixed at 3 output channels, asked for 2"):
+        WinogradConv2d(nn.Conv2d(4, 3, 3, padding=1))(torch.rand(1, 4, 6, 6), 2)
+
+
+def test_for_tvm_runs_wide_3x3_convolutions_as_winograd():
+    torch.manual_seed(0)
+    w = WINOGRAD_MIN_WIDTH
+    net = nn.Sequential(nn.Conv2d(3, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1, padding_mode="reflect"),
+                        nn.InstanceNorm2d(w), nn.Conv2d(w, w, 3, padding=1, groups=w), nn.Conv2d(w, 8, 1)).eval()
+    rewritten = for_tvm(net)
+    kinds = [type(m).__name__ for m in rewritten]
+    assert kinds == ["Conv2d", "ReLU", "WinogradConv2d", "InstanceNorm2d", "Conv2d", "Conv2d"]
+    x = torch.rand(2, 3, 19, 14)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), net(x), rtol=1e-5, atol=1e-5)
+    # standard ops only (no convolution left in the Winograd layer): the rewritten network exports
+    ep = torch.export.export(rewritten, (x,))
+    convs = [n for n in ep.graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
+    assert len(convs) == 3
+    # a bare convolution is rewritten too (not only a network's children)
+    conv = nn.Conv2d(w, w, 3, padding=1).eval()
+    assert isinstance(for_tvm(conv), WinogradConv2d) and isinstance(for_tvm(nn.Conv2d(16, 8, 3, 2)), SpaceToDepthConv2d)
+    assert isinstance(for_tvm(nn.ConvTranspose2d(8, 4, 3, 2)), SubPixelConvTranspose2d)
+    assert for_tvm(nn.Conv2d(8, 8, 1)).__class__ is nn.Conv2d
 
 
 def test_for_tvm_rewrites_a_translation_student_and_leaves_it_untouched():

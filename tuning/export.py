@@ -2,8 +2,8 @@
 
 Operators the TVM frontend cannot convert are found before conversion and named with the module
 (layer) they come from, instead of TVM's bare assertion. The exported graph is the model after
-:func:`agd.tuning.rewrite.for_tvm` (transposed convolutions as sub-pixel convolutions); the reference
-output is the original model's.
+:func:`agd.tuning.rewrite.for_tvm` (sub-pixel, space-to-depth and Winograd forms of convolutions); the
+reference output is the original model's.
 """
 
 from __future__ import annotations

@@ -28,6 +28,20 @@ pixel and input channel instead of 9, run at the stride-1 kernels' speed. The ph
 concatenated phase-major: the same shuffle as a reshape / transpose / reshape after the pad compiles to
 one TVM kernel that MetaSchedule cannot schedule (9.8 ms for 32 x 258 x 258 floats, against 0.9 ms for
 the slices; BENCHMARKS.md).
+
+3 x 3 stride-1 convolutions become Winograd F(4 x 4, 3 x 3) convolutions (Lavin and Gray, 2016). On this
+machine's 2 cores MetaSchedule's best direct schedule of the translation body convolution (128 -> 128 at
+64 x 64) reaches about 230-250 GFLOP/s, under half the 537 GFLOP/s FMA peak, while oneDNN under
+torch.compile reaches about 400. Winograd spends 4x fewer multiplications: each 6 x 6 input tile d becomes
+``V = B^T d B``, each filter ``U = G g G^T`` (once, here), the 36 tile positions are 36 independent
+(C_out x C_in) @ (C_in x tiles) matrix products ``M = U V``, and ``Y = A^T M A`` gives a 4 x 4 output tile.
+The tile extraction is strided slices (rows, then columns) and the transforms are small matrix products
+with the constant B^T and A^T, so every step is an ordinary Relax op MetaSchedule tunes. Rounding grows
+with the transforms' magnitudes: in float32 about 1e-5 of the output's scale against 3e-7 direct (a
+128-channel layer), well inside the artifact's numerical check; :class:`WinogradConv2d` also has
+F(2 x 2, 3 x 3), 2.25x fewer multiplications at 5e-7. Narrow convolutions stay direct
+(:data:`WINOGRAD_MIN_WIDTH`): the transforms are memory-bound, about 1 ms of the 3.2 ms Winograd form of
+the 128-channel body convolution is its two tile-gathering strided-slice stacks.
 """
 
 from __future__ import annotations
@@ -41,7 +55,26 @@ from torch import nn
 # What for_tvm changes, recorded in artifact manifests and latency-table provenance (an entry measured
 # without a rewrite is not comparable with one measured with it).
 REWRITES = ("conv_transpose2d as sub-pixel conv2d + depth-to-space",
-            "strided conv2d as space-to-depth + stride-1 conv2d")
+            "strided conv2d as space-to-depth + stride-1 conv2d",
+            "3x3 stride-1 conv2d as Winograd F(4x4, 3x3)")
+
+# 3 x 3 convolutions whose channel counts' harmonic mean 2 C_in C_out / (C_in + C_out) is under this stay
+# direct: the product saves in proportion to C_in C_out, the transforms cost in proportion to C_in + C_out.
+# Tuned on this CPU (384 / 256 trials each, BENCHMARKS.md), Winograd was 1.48x direct at 128 -> 128,
+# even at 64 -> 64 and 2.2x slower at 16 -> 16.
+WINOGRAD_MIN_WIDTH = 96
+
+# Winograd F(m x m, 3 x 3) transforms (Lavin and Gray 2016; F(4, 3) with interpolation points 0, +-1, +-2)
+_WINOGRAD = {
+    2: {"BT": [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+        "G": [[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]],
+        "AT": [[1, 1, 1, 0], [0, 1, -1, -1]]},
+    4: {"BT": [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+               [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+        "G": [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+              [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+        "AT": [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]},
+}
 
 
 def _phase_taps(k: int, s: int, p: int) -> tuple[list[list[tuple[int, int]]], int, int]:
@@ -140,6 +173,76 @@ class SpaceToDepthConv2d(nn.Module):
         return F.conv2d(x, self.weight, self.bias)
 
 
+class WinogradConv2d(nn.Module):
+    """A 3 x 3 stride-1 ``nn.Conv2d`` (groups 1, dilation 1) as pad → Winograd F(tile x tile, 3 x 3)."""
+
+    def __init__(self, conv: nn.Conv2d, tile: int = 4) -> None:
+        super().__init__()
+        why = winograd_reason(conv, min_width=1)
+        if why is not None:
+            raise ValueError(f"WinogradConv2d: 3x3, stride 1, groups 1, dilation 1 and numeric padding only ({why})")
+        if tile not in _WINOGRAD:
+            raise ValueError(f"WinogradConv2d: tile {tile} unsupported (one of {sorted(_WINOGRAD)})")
+        mats = _WINOGRAD[tile]
+        self.tile, self.pad = tile, tuple(conv.padding)
+        self.mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        g = torch.tensor(mats["G"], dtype=torch.float64)
+        w = conv.weight.detach()
+        # U[l, k] = (G w G^T)[k, l], batch-major as (column frequency l, row frequency k): the order the
+        # column transform leaves the tiles in
+        u = torch.einsum("ki,ocij,lj->lkoc", g, w.double(), g)
+        self.weight = nn.Parameter(u.reshape(-1, *u.shape[2:]).to(w.dtype), requires_grad=False)
+        self.bt = nn.Parameter(torch.tensor(mats["BT"], dtype=w.dtype), requires_grad=False)
+        self.at = nn.Parameter(torch.tensor(mats["AT"], dtype=w.dtype), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone().reshape(-1, 1, 1),
+                                                                requires_grad=False)
+        self.out_channels = conv.out_channels
+
+    def forward(self, x: torch.Tensor, out: int | None = None) -> torch.Tensor:
+        if out is not None and out != self.out_channels:
+            raise ValueError(f"WinogradConv2d: fixed at {self.out_channels} output channels, asked for {out}")
+        m, (ph, pw) = self.tile, self.pad
+        a = m + 2  # input tile
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph), mode=self.mode)
+        n, c, h, w = x.shape
+        ho, wo = h - 2, w - 2
+        th, tw = -(-ho // m), -(-wo // m)  # tiles per column and row
+        hh, ww = th * m + 2, tw * m + 2
+        if hh > h or ww > w:  # the last tiles' extra rows and columns only reach the cropped outputs
+            x = F.pad(x, (0, ww - w, 0, hh - h))
+        rows = torch.stack([x[:, :, i:i + th * m:m, :] for i in range(a)], 0)  # (i, n, c, th, ww)
+        u = torch.matmul(self.bt, rows.reshape(a, -1)).reshape(a, n, c, th, ww)  # (k, ...): B^T d
+        cols = torch.stack([u[..., j:j + tw * m:m] for j in range(a)], 0)  # (j, k, n, c, th, tw)
+        v = torch.matmul(self.bt, cols.reshape(a, -1)).reshape(a * a, n, c, th * tw)  # (l k, ...): (B^T d) B
+        if n > 1:
+            v = v.transpose(1, 2)
+        prod = torch.matmul(self.weight, v.reshape(a * a, c, n * th * tw))  # (l k, C_out, n tiles)
+        z = torch.matmul(self.at, prod.reshape(a, -1)).reshape(m, a, -1)  # (q, k, ...): M A over l
+        y = torch.matmul(self.at, z)  # (q, p, ...): A^T (M A) over k
+        y = y.reshape(m, m, self.out_channels, n, th, tw).permute(3, 2, 4, 1, 5, 0)
+        y = y.reshape(n, self.out_channels, th * m, tw * m)
+        if (th * m, tw * m) != (ho, wo):
+            y = y[:, :, :ho, :wo]
+        return y if self.bias is None else y + self.bias
+
+
+def winograd_reason(m: nn.Module, min_width: int = WINOGRAD_MIN_WIDTH) -> str | None:
+    """Why ``m`` is not rewritten into a Winograd convolution (None: it is)."""
+    if not isinstance(m, nn.Conv2d):
+        return "not a Conv2d"
+    if tuple(m.kernel_size) != (3, 3):
+        return f"kernel {tuple(m.kernel_size)}, not 3x3"
+    if tuple(m.stride) != (1, 1):
+        return "strided"
+    if m.groups != 1 or tuple(m.dilation) != (1, 1) or isinstance(m.padding, str):
+        return "grouped, dilated or 'same'/'valid' padded"
+    if 2 * m.in_channels * m.out_channels < min_width * (m.in_channels + m.out_channels):
+        return (f"narrow ({m.in_channels} -> {m.out_channels} channels, harmonic mean under {min_width}): "
+                "the transforms cost as much as the product saves")
+    return None
+
+
 def space_to_depth_reason(m: nn.Module) -> str | None:
     """Why ``m`` is not rewritten into a space-to-depth convolution (None: it is)."""
     if not isinstance(m, nn.Conv2d):
@@ -163,21 +266,34 @@ def subpixel_reason(m: nn.Module) -> str | None:
 
 
 def for_tvm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every transposed convolution as a sub-pixel convolution and every strided
-    convolution as a space-to-depth one (the original is untouched; ``model`` itself when there is nothing
-    to rewrite). The numerical check of the compiled artifact still runs against the original."""
-    if not any(subpixel_reason(m) is None or space_to_depth_reason(m) is None for m in model.modules()):
+    """A copy of ``model`` with every transposed convolution as a sub-pixel convolution, every strided
+    convolution as a space-to-depth one and every wide 3 x 3 stride-1 one as a Winograd one (the original
+    is untouched; ``model`` itself when there is nothing to rewrite). The numerical check of the compiled
+    artifact still runs against the original."""
+    if not any(subpixel_reason(m) is None or space_to_depth_reason(m) is None or winograd_reason(m) is None
+               for m in model.modules()):
         return model
-    out = copy.deepcopy(model).eval()
+
+    def rewritten(m: nn.Module) -> nn.Module | None:
+        if subpixel_reason(m) is None:
+            return SubPixelConvTranspose2d(m)  # type: ignore[arg-type]
+        if space_to_depth_reason(m) is None:
+            return SpaceToDepthConv2d(m)  # type: ignore[arg-type]
+        if winograd_reason(m) is None:
+            return WinogradConv2d(m)  # type: ignore[arg-type]
+        return None
 
     def swap(parent: nn.Module) -> None:
         for name, child in parent.named_children():
-            if subpixel_reason(child) is None:
-                setattr(parent, name, SubPixelConvTranspose2d(child))  # type: ignore[arg-type]
-            elif space_to_depth_reason(child) is None:
-                setattr(parent, name, SpaceToDepthConv2d(child))  # type: ignore[arg-type]
+            new = rewritten(child)
+            if new is not None:
+                setattr(parent, name, new)
             else:
                 swap(child)
 
+    root = rewritten(model)  # the model may be one convolution
+    if root is not None:
+        return root.eval()
+    out = copy.deepcopy(model).eval()
     swap(out)
     return out
