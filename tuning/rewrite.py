@@ -265,35 +265,34 @@ def subpixel_reason(m: nn.Module) -> str | None:
     return None
 
 
+def _replacement(m: nn.Module) -> type[nn.Module] | None:
+    """The rewrite class that replaces ``m`` (None: it stays as it is)."""
+    for reason, cls in ((subpixel_reason, SubPixelConvTranspose2d), (space_to_depth_reason, SpaceToDepthConv2d),
+                        (winograd_reason, WinogradConv2d)):
+        if reason(m) is None:
+            return cls
+    return None
+
+
 def for_tvm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every transposed convolution as a sub-pixel convolution, every strided
     convolution as a space-to-depth one and every wide 3 x 3 stride-1 one as a Winograd one (the original
     is untouched; ``model`` itself when there is nothing to rewrite). The numerical check of the compiled
     artifact still runs against the original."""
-    if not any(subpixel_reason(m) is None or space_to_depth_reason(m) is None or winograd_reason(m) is None
-               for m in model.modules()):
+    if not any(_replacement(m) is not None for m in model.modules()):
         return model
-
-    def rewritten(m: nn.Module) -> nn.Module | None:
-        if subpixel_reason(m) is None:
-            return SubPixelConvTranspose2d(m)  # type: ignore[arg-type]
-        if space_to_depth_reason(m) is None:
-            return SpaceToDepthConv2d(m)  # type: ignore[arg-type]
-        if winograd_reason(m) is None:
-            return WinogradConv2d(m)  # type: ignore[arg-type]
-        return None
+    root = _replacement(model)  # the model may be one convolution
+    if root is not None:
+        return root(model).eval()
 
     def swap(parent: nn.Module) -> None:
         for name, child in parent.named_children():
-            new = rewritten(child)
-            if new is not None:
-                setattr(parent, name, new)
+            cls = _replacement(child)
+            if cls is not None:
+                setattr(parent, name, cls(child))
             else:
                 swap(child)
 
-    root = rewritten(model)  # the model may be one convolution
-    if root is not None:
-        return root.eval()
     out = copy.deepcopy(model).eval()
     swap(out)
     return out
