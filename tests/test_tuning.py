@@ -452,6 +452,17 @@ def test_one_run_shares_what_the_tasks_lack_under_the_gradient_scheduler(tmp_pat
     assert len(calls) == 1 and again.tasks_tuned == 0
     tune(prog.mod, x86, db, TuneConfig(trials=300))
     assert len(calls) == 2 and abs(calls[1]["max_trials_global"] - 200) <= 2 * rep.tasks
+    # a budget smaller than a round per task: rounds shrink so that the first round reaches every task
+    tune(prog.mod, x86, tmp_path / "small", TuneConfig(trials=8, trials_per_iter=16))
+    assert calls[2]["num_trials_per_iter"] * len(calls[2]["tasks"]) <= calls[2]["max_trials_global"]
+
+
+def test_round_size():
+    from agd.tuning.tune import round_size
+
+    assert round_size(16, 2000, 46) == 16  # a large budget keeps the configured rounds
+    assert round_size(16, 16, 5) == 3  # 5 tasks x 3 trials: every task gets its first round
+    assert round_size(16, 3, 5) == 1  # never zero
 
 
 def test_killed_tuning_resumes_from_database_and_tuned_build_matches(tmp_path, x86):

@@ -197,13 +197,21 @@ def trials_left(alloc: list[int], records: list[int]) -> list[int]:
     return [max(0, a - n) for a, n in zip(alloc, records)]
 
 
+def round_size(trials_per_iter: int, budget: int, tasks: int) -> int:
+    """Trials per scheduler round. The gradient-based scheduler starts with one round per task, in
+    order, and stops at the budget: with ``trials_per_iter`` rounds a budget under ``tasks x
+    trials_per_iter`` would tune the first tasks only and leave the rest on TVM's default schedules
+    (single-threaded, unvectorized), so a small budget gets smaller rounds, at least one trial each."""
+    return max(1, min(trials_per_iter, budget // max(1, tasks)))
+
+
 def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = TuneConfig(),
          runner: Any = None) -> TuneReport:
     """Tune the Relax module's fused workloads for ``spec`` into the database in ``work_dir``.
 
     The tasks that still lack trials of their share (:func:`allocate_trials`, :func:`trials_left`) are
     tuned together, for the sum of what they lack, under MetaSchedule's gradient-based task scheduler: one
-    round of ``trials_per_iter`` for each task, then each round goes to the task whose weighted latency
+    round for each task (``trials_per_iter``, fewer when the budget is small: :func:`round_size`), then each round goes to the task whose weighted latency
     is falling fastest. The share decides which tasks need tuning and how much the run spends, the
     measurements decide where the trials go: a body convolution plateaus within about 64 trials while a
     stride-2 or 1x1 one keeps improving past 192 (BENCHMARKS.md), which a split by arithmetic cannot know.
@@ -249,7 +257,8 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
         # records are committed batch by batch as they are measured: a killed run loses the batch in flight
         ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir),
                            max_trials_global=budget, max_trials_per_task=budget,
-                           num_trials_per_iter=min(config.trials_per_iter, budget), builder=builder, runner=runner,
+                           num_trials_per_iter=round_size(config.trials_per_iter, budget, len(todo)),
+                           builder=builder, runner=runner,
                            database=db, task_scheduler=ms.task_scheduler.GradientBased(seed=config.seed))
         # the run spent the budget these tasks lacked: each has its share now, however the scheduler split
         # it, and is not tuned again for this budget (a killed run never gets here and resumes from records)
