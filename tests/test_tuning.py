@@ -438,8 +438,12 @@ def test_one_run_shares_what_the_tasks_lack_under_the_gradient_scheduler(tmp_pat
     from agd.tuning.export import to_relax
     from agd.tuning.tune import TuneConfig, read_ledger, tune
 
+    import agd.tuning.tune as tune_module
+
     calls: list[dict] = []
     monkeypatch.setattr(ms.tune, "tune_tasks", lambda **kw: calls.append(kw))
+    # the stub measures nothing: every task has one schedule once a run happened
+    monkeypatch.setattr(tune_module, "_records_per_workload", lambda db, ts: [1 if calls else 0] * len(ts))
     m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
     prog = to_relax(m.eval(), torch.rand(1, 3, 16, 16))
     db = tmp_path / "db"
@@ -455,6 +459,43 @@ def test_one_run_shares_what_the_tasks_lack_under_the_gradient_scheduler(tmp_pat
     # a budget smaller than a round per task: rounds shrink so that the first round reaches every task
     tune(prog.mod, x86, tmp_path / "small", TuneConfig(trials=8, trials_per_iter=16))
     assert calls[2]["num_trials_per_iter"] * len(calls[2]["tasks"]) <= calls[2]["max_trials_global"]
+
+
+def test_tasks_whose_candidates_all_failed_are_retried_and_left_out_of_the_ledger(tmp_path, x86, monkeypatch):
+    """A task without a measured schedule would build with TVM's default one: the run gives it further
+    rounds (``retries``), reports what is still unscheduled, and does not mark it tuned, so the next run
+    tries again. (tune_tasks is stubbed and measures nothing: every candidate "failed".)"""
+    from tvm.s_tir import meta_schedule as ms
+
+    from agd.tuning.export import to_relax
+    from agd.tuning.tune import TuneConfig, read_ledger, tune
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ms.tune, "tune_tasks", lambda **kw: calls.append(kw))
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
+    prog = to_relax(m.eval(), torch.rand(1, 3, 16, 16))
+    db = tmp_path / "db"
+    rep = tune(prog.mod, x86, db, TuneConfig(trials=32, retries=2))
+    assert rep.tasks >= 2 and rep.tasks_unscheduled == rep.tasks_tuned == rep.tasks
+    assert len(calls) == 3 and all(len(c["tasks"]) == rep.tasks for c in calls)
+    assert calls[1]["max_trials_global"] == rep.tasks * calls[0]["num_trials_per_iter"]
+    assert read_ledger(db) == {}
+    again = tune(prog.mod, x86, db, TuneConfig(trials=32, retries=0))
+    assert again.tasks_tuned == rep.tasks and len(calls) == 4
+
+
+def test_measurement_arguments_index_in_bounds():
+    """Gather indices (integer arguments) are zero, floating-point ones random, as MetaSchedule fills them."""
+    import numpy as np
+    import tvm
+
+    from agd.tuning.tune import alloc_local_arguments
+
+    (args,) = alloc_local_arguments(tvm.cpu(), [["TENSOR", "float32", [4, 5]], ["TENSOR", "int64", [7]]], 1)
+    assert args[0].numpy().shape == (4, 5) and np.unique(args[0].numpy()).size > 1
+    assert args[1].numpy().dtype == np.int64 and not args[1].numpy().any()
+    with pytest.raises(NotImplementedError):
+        alloc_local_arguments(tvm.cpu(), [["SCALAR", "int32"]], 1)
 
 
 def test_round_size():
@@ -511,6 +552,8 @@ def test_every_task_is_tuned_once_even_when_metaschedule_records_fewer(tmp_path,
     cfg = TuneConfig(trials=24, min_trials_per_task=8, trials_per_iter=8, population=8)
     first = tune(prog.mod, x86, db, cfg)
     assert first.tasks >= 3 and first.tasks_tuned == first.tasks  # conv, norm and the pad's gathers
+    # each has a measured schedule: the gathers' index arguments are in bounds when measured
+    assert first.tasks_unscheduled == 0
     ledger = read_ledger(db)
     assert (db / LEDGER).is_file() and len(ledger) == first.tasks and min(ledger.values()) >= 1
     assert first.records_after - first.records_before < sum(ledger.values())  # MetaSchedule recorded fewer

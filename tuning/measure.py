@@ -66,12 +66,14 @@ def rpc_runner(spec: TargetSpec, timeout_s: float = 10.0, runner_timeout_s: floa
     """A MetaSchedule runner that measures candidates on the spec's RPC device."""
     from tvm.s_tir import meta_schedule as ms
 
+    from agd.tuning.tune import alloc_rpc_arguments
+
     assert spec.rpc is not None
     host, port, key = spec.rpc
     check_reachable(host, port, timeout_s)
     cfg = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key, session_timeout_sec=600)
     return ms.runner.RPCRunner(cfg, ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50),
-                               timeout_sec=runner_timeout_s)
+                               timeout_sec=runner_timeout_s, f_alloc_argument=alloc_rpc_arguments)
 
 
 class CompiledModel:

@@ -47,6 +47,7 @@ class TuneConfig:
     # tuned workloads: those whose task name contains one of these (("conv",): the convolutions only, the
     # rest keeping default schedules); empty: every task
     task_filter: tuple[str, ...] = ()
+    retries: int = 2  # further rounds for tasks whose every candidate failed (then: the next run)
 
 
 @dataclass
@@ -58,6 +59,9 @@ class TuneReport:
     records_after: int
     seconds: float
     database_digest: str
+    # tasks with no measured schedule after this run (every candidate failed: timeouts, crashes): they
+    # build with TVM's default schedule, and the next run tunes them again
+    tasks_unscheduled: int = 0
 
 
 def build_candidate(mod: Any, target: Any, _params: Any) -> Any:
@@ -90,6 +94,46 @@ def limit_worker_memory() -> None:
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _alloc_arguments(fill: Any, device: Any, args_info: list[Any], alloc_repeat: int) -> list[list[Any]]:
+    """Measurement arguments: floating-point tensors random (``fill``, as MetaSchedule's default),
+    integer tensors zero. The integer arguments of agd's exported graphs are gather indices (the
+    ``take``s of reflect padding); MetaSchedule's random integers index far out of bounds and kill the
+    measuring process, so every candidate of those tasks failed and they kept TVM's default
+    single-threaded schedule. Zero is a valid index for any gather."""
+    import numpy as np
+    import tvm
+
+    out = []
+    for _ in range(alloc_repeat):
+        args = []
+        for info in args_info:
+            if info[0] != "TENSOR":
+                raise NotImplementedError(f"measurement argument {info!r}")
+            _, dtype, shape = info
+            arg = tvm.runtime.empty(shape=shape, dtype=dtype, device=device)
+            if dtype.startswith(("int", "uint", "bool")):
+                arg.copyfrom(np.zeros(shape, dtype=dtype))
+            else:
+                fill(arg)
+            args.append(arg)
+        out.append(args)
+    return out
+
+
+def alloc_local_arguments(device: Any, args_info: list[Any], alloc_repeat: int) -> list[list[Any]]:
+    """``f_alloc_argument`` of agd's local runners (:func:`_alloc_arguments`)."""
+    import tvm
+
+    fill = tvm.get_global_func("tvm.contrib.random.random_fill_for_measure")
+    return _alloc_arguments(fill, device, args_info, alloc_repeat)
+
+
+def alloc_rpc_arguments(session: Any, device: Any, args_info: list[Any], alloc_repeat: int) -> list[list[Any]]:
+    """``f_alloc_argument`` of agd's RPC runners: the same arguments, allocated on the remote device."""
+    fill = session.get_function("tvm.contrib.random.random_fill_for_measure")
+    return _alloc_arguments(fill, device, args_info, alloc_repeat)
 
 
 def database_records(work_dir: str | Path) -> int:
@@ -233,38 +277,57 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
     alloc = allocate_trials(tasks, config.trials, config.min_trials_per_task)
     ledger = read_ledger(work_dir)
     keys = [_workload_key(t) for t in tasks]
-    records = _records_per_workload(db, tasks)
-    counts = [max(n, ledger.get(k, 0)) for n, k in zip(records, keys)]
+    records = _records_per_workload(db, tasks)  # measured schedules (failed candidates are not counted)
+    # a task without one builds with TVM's default schedule whatever the ledger says: it lacks its share
+    counts = [max(n, ledger.get(k, 0)) if n > 0 else 0 for n, k in zip(records, keys)]
     left = trials_left(alloc, counts) if config.trials > 0 else [0] * len(tasks)
     # least-tuned first: the scheduler's first round goes in this order, so a small remainder of the
     # budget (a resumed run) reaches the tasks that lack the most
     todo = sorted((i for i in range(len(tasks)) if left[i] > 0), key=lambda i: counts[i] - alloc[i])
+    unscheduled: list[int] = []
     if todo:
         runner = runner or ms.runner.LocalRunner(timeout_sec=config.runner_timeout_s,
+                                                 f_alloc_argument=alloc_local_arguments,
                                                  initializer=limit_worker_memory)
         builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=config.builder_timeout_s,
                                           initializer=limit_worker_memory)
-        contexts, weights = [], []
-        for i in todo:  # one search strategy per task (a shared instance would be re-initialized per task)
-            _drop_unnamed_handlers()  # each call rebuilds MetaSchedule's logging config
-            strategy = ms.search_strategy.EvolutionarySearch(population_size=config.population,
-                                                             init_min_unmeasured=min(50, config.population // 2))
-            c, w = extracted_tasks_to_tune_contexts([tasks[i]], work_dir=str(work_dir), strategy=strategy,
-                                                    seed=config.seed + i)
-            contexts += c
-            weights += w
+
+        def run(which: list[int], budget: int, rounds: int, attempt: int = 0) -> None:
+            contexts, weights = [], []
+            for i in which:  # one search strategy per task (a shared instance would be re-initialized per task)
+                _drop_unnamed_handlers()  # each call rebuilds MetaSchedule's logging config
+                strategy = ms.search_strategy.EvolutionarySearch(population_size=config.population,
+                                                                 init_min_unmeasured=min(50, config.population // 2))
+                c, w = extracted_tasks_to_tune_contexts([tasks[i]], work_dir=str(work_dir), strategy=strategy,
+                                                        seed=config.seed + i + 7919 * attempt)
+                contexts += c
+                weights += w
+            # records are committed batch by batch as they are measured: a killed run loses the batch in flight
+            ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+                               max_trials_global=budget, max_trials_per_task=budget, num_trials_per_iter=rounds,
+                               builder=builder, runner=runner, database=db,
+                               task_scheduler=ms.task_scheduler.GradientBased(seed=config.seed))
+
         budget = sum(left[i] for i in todo)
-        # records are committed batch by batch as they are measured: a killed run loses the batch in flight
-        ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir),
-                           max_trials_global=budget, max_trials_per_task=budget,
-                           num_trials_per_iter=round_size(config.trials_per_iter, budget, len(todo)),
-                           builder=builder, runner=runner,
-                           database=db, task_scheduler=ms.task_scheduler.GradientBased(seed=config.seed))
+        rounds = round_size(config.trials_per_iter, budget, len(todo))
+        run(todo, budget, rounds)
+        after = dict(zip(todo, _records_per_workload(db, [tasks[i] for i in todo])))
+        # a task whose every candidate failed (runner timeouts of pathological schedules, seen with a
+        # handful of trials per task) would run TVM's default schedule, 100x slower than a tuned one:
+        # it gets further rounds of its own, a few times
+        for attempt in range(1, config.retries + 1):
+            unscheduled = [i for i in todo if after[i] == 0]
+            if not unscheduled:
+                break
+            run(unscheduled, len(unscheduled) * rounds, rounds, attempt)
+            after.update(zip(unscheduled, _records_per_workload(db, [tasks[i] for i in unscheduled])))
+        unscheduled = [i for i in todo if after[i] == 0]
         # the run spent the budget these tasks lacked: each has its share now, however the scheduler split
-        # it, and is not tuned again for this budget (a killed run never gets here and resumes from records)
-        after = _records_per_workload(db, [tasks[i] for i in todo])
-        for i, n in zip(todo, after):
-            ledger[keys[i]] = max(counts[i] + n - records[i], alloc[i])
+        # it, and is not tuned again for this budget (a killed run never gets here and resumes from
+        # records); a task still without a schedule is left out of the ledger, so the next run tunes it
+        for i in todo:
+            if after[i] > 0:
+                ledger[keys[i]] = max(counts[i] + after[i] - records[i], alloc[i])
         atomic_write_json(Path(work_dir) / LEDGER, ledger)
-    return TuneReport(len(tasks), len(todo), len(tasks) - len(todo), before,
-                      database_records(work_dir), time.perf_counter() - t0, database_digest(work_dir))
+    return TuneReport(len(tasks), len(todo), len(tasks) - len(todo), before, database_records(work_dir),
+                      time.perf_counter() - t0, database_digest(work_dir), len(unscheduled))
