@@ -358,6 +358,20 @@ def test_compare_side_by_side_reports_every_backend(x86):
     assert not by["nope"]["ok"] and "unknown backend" in by["nope"]["note"]
 
 
+def test_compare_says_when_tasks_have_no_measured_schedule(tmp_path, x86, monkeypatch):
+    """A tuning run whose candidates all failed is reported, not passed off as tuned. (tune_tasks is
+    stubbed and measures nothing.)"""
+    from tvm.s_tir import meta_schedule as ms
+
+    from agd.tuning.compare import CompareConfig, compare
+
+    monkeypatch.setattr(ms.tune, "tune_tasks", lambda **kw: None)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+    (row,) = compare(model, torch.rand(1, 3, 16, 16), x86,
+                     CompareConfig(backends=("tvm-tuned",), database=tmp_path / "db", trials=8, repeats=1, warmup=0))
+    assert not row["ok"] and "tasks without a measured schedule" in row["note"] and "no records" in row["note"]
+
+
 # ------------------------------------------------------------------------------------------ tuning
 _TUNE_SCRIPT = """
 import sys, torch

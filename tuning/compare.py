@@ -113,8 +113,10 @@ def compare(model: torch.nn.Module, x: torch.Tensor, spec: Any, config: CompareC
                         rep = tune(prog.mod, spec, config.database, TuneConfig(trials=config.trials, **config.tune_kwargs))
                         note = (f"{config.trials} trials requested, {rep.tasks} tasks ({rep.tasks_reused} reused), "
                                 f"tuned in {rep.seconds:.0f} s; ")
+                        if rep.tasks_unscheduled:
+                            note += f"{rep.tasks_unscheduled} tasks without a measured schedule (TVM defaults); "
                     if database_records(config.database) == 0:
-                        add(name, None, f"database {config.database} holds no records")
+                        add(name, None, note + f"database {config.database} holds no records")
                         continue
                     db = config.database
                     note += f"database {db} ({database_records(db)} records)"

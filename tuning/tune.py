@@ -12,6 +12,12 @@ skips every workload that already has its share of the trials in records (or mor
 only what their share lacks (:func:`trials_left`), warm-started from the records there. Workloads
 shared with an earlier architecture (same operator, shapes, target) are therefore tuned once.
 
+Only measured schedules count: a task whose every candidate failed (a runner timeout, a crash) would
+build with the default schedule, so it gets further rounds in the same run and is not marked tuned
+until one succeeds. Until 2026-11-28 every candidate of the reflect-pad gathers crashed (random index
+arguments, :func:`_alloc_arguments`) and the ledger marked them tuned: the figures above for those
+gathers were their default schedules.
+
 Builds run in worker processes with :func:`build_candidate`, which avoids TVM's default builder's
 ``import tvm.s_tir.tensor_intrin`` (30-48 s per worker here, more than the default build timeout).
 """
@@ -312,9 +318,9 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
         rounds = round_size(config.trials_per_iter, budget, len(todo))
         run(todo, budget, rounds)
         after = dict(zip(todo, _records_per_workload(db, [tasks[i] for i in todo])))
-        # a task whose every candidate failed (runner timeouts of pathological schedules, seen with a
-        # handful of trials per task) would run TVM's default schedule, 100x slower than a tuned one:
-        # it gets further rounds of its own, a few times
+        # a task whose every candidate failed (a crash; runner timeouts of pathological candidates, seen
+        # with a trial or two per task) would build with TVM's default schedule (one thread, no
+        # vectorization): it gets further rounds of its own, a few times
         for attempt in range(1, config.retries + 1):
             unscheduled = [i for i in todo if after[i] == 0]
             if not unscheduled:
