@@ -261,8 +261,8 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
 
     The tasks that still lack trials of their share (:func:`allocate_trials`, :func:`trials_left`) are
     tuned together, for the sum of what they lack, under MetaSchedule's gradient-based task scheduler: one
-    round for each task (``trials_per_iter``, fewer when the budget is small: :func:`round_size`), then each round goes to the task whose weighted latency
-    is falling fastest. The share decides which tasks need tuning and how much the run spends, the
+    round for each task (``trials_per_iter``, fewer when the budget is small: :func:`round_size`), then
+    each round goes to the task whose weighted latency is falling fastest. The share decides which tasks need tuning and how much the run spends, the
     measurements decide where the trials go: a body convolution plateaus within about 64 trials while a
     stride-2 or 1x1 one keeps improving past 192 (BENCHMARKS.md), which a split by arithmetic cannot know.
 
@@ -321,13 +321,13 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
         # a task whose every candidate failed (a crash; runner timeouts of pathological candidates, seen
         # with a trial or two per task) would build with TVM's default schedule (one thread, no
         # vectorization): it gets further rounds of its own, a few times
+        unscheduled = [i for i in todo if after[i] == 0]
         for attempt in range(1, config.retries + 1):
-            unscheduled = [i for i in todo if after[i] == 0]
             if not unscheduled:
                 break
             run(unscheduled, len(unscheduled) * rounds, rounds, attempt)
             after.update(zip(unscheduled, _records_per_workload(db, [tasks[i] for i in unscheduled])))
-        unscheduled = [i for i in todo if after[i] == 0]
+            unscheduled = [i for i in unscheduled if after[i] == 0]
         # the run spent the budget these tasks lacked: each has its share now, however the scheduler split
         # it, and is not tuned again for this budget (a killed run never gets here and resumes from
         # records); a task still without a schedule is left out of the ledger, so the next run tunes it

@@ -137,7 +137,7 @@ def latency_table_build(
     trials: int = typer.Option(0, min=0, help="MetaSchedule trials per configuration (0: untuned). A "
                                "configuration holds 4-22 tasks (a Winograd residual block the most); with a trial "
                                "or two per task its schedules are chance and entries of neighbouring widths differ "
-                               "by up to 100x (BENCHMARKS.md)."),
+                               "by 100x and more (BENCHMARKS.md)."),
     database: Optional[Path] = typer.Option(None, help="Tuning database (default tvm-db/<target>)."),
     overhead_networks: int = typer.Option(4, min=1, help="Random networks measured for the overhead term."),
     limit: Optional[int] = typer.Option(None, min=1, help="Measure at most this many configurations this run."),
