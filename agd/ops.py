@@ -470,13 +470,16 @@ def norm_act_residual_reference(y, shortcut, weight, bias, norm: bool, act: int,
     _check_residual_args(y, shortcut, weight, bias, act)
     n, c = y.shape[:2]
     if norm:
-        var, mean = torch.var_mean(y, dim=(2, 3), unbiased=False, keepdim=True)
+        # float16 / bfloat16: statistics in float32, as the kernels keep them (rounded statistics cost the
+        # backward most of its accuracy)
+        yc = y.float() if y.dtype in (torch.float16, torch.bfloat16) else y
+        var, mean = torch.var_mean(yc, dim=(2, 3), unbiased=False, keepdim=True)
         rstd = torch.rsqrt(var + eps)
-        z = (y - mean) * rstd
+        z = ((yc - mean) * rstd).to(y.dtype)
         mean, rstd = mean.reshape(n, c), rstd.reshape(n, c)
     else:
         z = y
-        mean = rstd = y.new_empty((0, 0))
+        mean = rstd = y.new_empty((0, 0), dtype=_stats_dtype(y.dtype))
     if weight is not None:
         z = z * weight.reshape(1, -1, 1, 1)
     if bias is not None:
@@ -485,6 +488,11 @@ def norm_act_residual_reference(y, shortcut, weight, bias, norm: bool, act: int,
         z = z + shortcut
     out = _blocks_act_ref(z, act, negative_slope).contiguous(memory_format=_residual_out_format(y))
     return out, mean.contiguous(), rstd.contiguous()
+
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of norm_act_residual's (mean, rstd): float32 for float16 / bfloat16 inputs, else theirs."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _residual_out_format(y: torch.Tensor) -> torch.memory_format:
@@ -507,17 +515,22 @@ def norm_act_residual_backward_reference(grad, y, out, mean, rstd, weight, norm:
         d = torch.ones_like(out)
     g = grad * d
     n, c = y.shape[:2]
-    z = (y - mean.reshape(n, c, 1, 1)) * rstd.reshape(n, c, 1, 1) if norm else y
-    wc = weight.reshape(1, -1, 1, 1) if weight is not None else 1.0
+    if norm:  # float16 / bfloat16: in float32 with the float32 statistics, cast back at the end
+        g = g.to(mean.dtype)
+        z = (y.to(mean.dtype) - mean.reshape(n, c, 1, 1)) * rstd.reshape(n, c, 1, 1)
+    else:
+        z = y
+    wc = weight.reshape(1, -1, 1, 1).to(g.dtype) if weight is not None else 1.0
     gz = g * wc
     if norm:
         gy = rstd.reshape(n, c, 1, 1) * (gz - gz.mean((2, 3), keepdim=True) - z * (gz * z).mean((2, 3), keepdim=True))
     else:
         gy = gz
     empty = y.new_empty((0,))
-    gw = (g * z).sum((0, 2, 3)) if weight is not None else empty
-    gb = g.sum((0, 2, 3)) if has_bias else empty
-    return gy.contiguous(), (g.contiguous() if has_shortcut else empty), gw, gb
+    gw = (g * z).sum((0, 2, 3)).to(y.dtype) if weight is not None else empty
+    gb = g.sum((0, 2, 3)).to(y.dtype) if has_bias else empty
+    gs = g.to(y.dtype).contiguous() if has_shortcut else empty
+    return gy.to(y.dtype).contiguous(), gs, gw, gb
 
 
 _LIB.impl("norm_act_residual", norm_act_residual_reference, "CompositeExplicitAutograd")
@@ -529,7 +542,7 @@ def _norm_act_residual_fake(y, shortcut, weight, bias, norm, act, negative_slope
     _check_residual_args(y, shortcut, weight, bias, act)
     stats = (y.shape[0], y.shape[1]) if norm else (0, 0)
     return (torch.empty(y.shape, dtype=y.dtype, device=y.device, memory_format=_residual_out_format(y)),
-            y.new_empty(stats), y.new_empty(stats))
+            y.new_empty(stats, dtype=_stats_dtype(y.dtype)), y.new_empty(stats, dtype=_stats_dtype(y.dtype)))
 
 
 @torch.library.register_fake("agd::norm_act_residual_backward", lib=_LIB)

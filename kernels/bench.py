@@ -104,6 +104,9 @@ def fwd_bwd(impl: str, wts, leaves, build, channels: int) -> Callable[[], object
     if impl == "eager":
         fn = lambda *a: ops.mixed_epilogue_reference(a[0], build(*a[1:]), channels)  # noqa: E731
     elif impl == "compile":
+        # a fresh dynamo cache per workload: every workload recompiles this one lambda (new closure), and past
+        # dynamo's recompile limit (8) torch.compile silently falls back to eager
+        torch._dynamo.reset()
         fn = torch.compile(lambda *a: ops.mixed_epilogue_reference(a[0], build(*a[1:]), channels))
     else:
         backend = "triton" if leaves[0].is_cuda else "reference"
@@ -128,8 +131,11 @@ def copy_bandwidth(device: str, dtype: torch.dtype = torch.float32, mb: int = 51
     return 2 * a.numel() * a.element_size() / (ms * 1e-3) / 1e9
 
 
-def run_epilogue_suite(device: str, quick: bool, dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
-                       ) -> list[dict]:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def run_epilogue_suite(device: str, quick: bool, dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16),
+                       progress: Callable[[dict], None] | None = None) -> list[dict]:
     """One row per (workload, dtype): median ms of eager / compile / fused forward + backward, GB/s of the
     fused run against the bytes that must move, its fraction of the copy bandwidth, and the ratios."""
     bench = timer(device)
@@ -153,6 +159,8 @@ def run_epilogue_suite(device: str, quick: bool, dtypes: tuple[torch.dtype, ...]
                 "bytes": fb + bb, "fused_gbs": gbs, "copy_gbs": copy, "of_copy": gbs / copy,
                 "eager_over_fused": ms["eager"] / ms["fused"], "compile_over_fused": ms["compile"] / ms["fused"],
             })
+            if progress:
+                progress(rows[-1])
     return rows
 
 
@@ -184,7 +192,7 @@ def search_step(device: str, fused: bool, quick: bool):
     return step, f"search step {preset} b{batch}", backend
 
 
-def run_search_step(device: str, quick: bool) -> list[dict]:
+def run_search_step(device: str, quick: bool, progress: Callable[[dict], None] | None = None) -> list[dict]:
     """The whole search step with the fused epilogue and with the eager one: median ms and peak memory."""
     cuda = torch.device(device).type == "cuda"
     rows = []
@@ -200,4 +208,6 @@ def run_search_step(device: str, quick: bool) -> list[dict]:
             peak = torch.cuda.max_memory_allocated() / 2**20
         rows.append({"suite": "triton", "workload": name, "device": device, "epilogue": backend,
                      "ms": timer(device)(step), "peak_mib": peak})
+        if progress:
+            progress(rows[-1])
     return rows

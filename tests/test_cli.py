@@ -87,6 +87,13 @@ def test_info_human(capsys):
         assert name in out
 
 
+def test_bench_kernels_bad_options_are_named(capsys):
+    code, _, err = _run(capsys, "bench", "kernels", "--dtypes", "float32,fp8")
+    assert code != 0 and "--dtypes 'float32,fp8': unknown 'fp8'" in err
+    code, _, err = _run(capsys, "bench", "kernels", "--suite", "cudnn")
+    assert code != 0 and "--suite 'cudnn'" in err
+
+
 def test_demo_with_custom_teachers(tmp_path, tiny_teachers, capsys):
     sr_path, tr_path = tiny_teachers
     out_dir = tmp_path / "demo"

@@ -182,6 +182,25 @@ def test_epilogue_fake_and_errors():
         ops.norm_act_residual(torch.randn(1, 2, 3, 3), act="gelu")
 
 
+def test_epilogue_half_inputs_keep_float32_statistics(cpp):
+    """bfloat16 / float16 in, the same dtype out, but (mean, rstd) in float32 in the kernel, the reference
+    and the fake alike: the backward recomputes the normalised values from them."""
+    y = (torch.randn(2, 6, 5, 4, generator=_gen(70)) * 3 + 40).bfloat16().requires_grad_(True)
+    s = torch.randn(2, 6, 5, 4, generator=_gen(71)).bfloat16()
+    out, mean, rstd = torch.ops.agd.norm_act_residual(y, s, None, None, True, 2, 0.2, 1e-5)
+    assert out.dtype == torch.bfloat16 and mean.dtype == rstd.dtype == torch.float32
+    torch.testing.assert_close(mean, y.detach().float().mean((2, 3)), rtol=1e-6, atol=1e-5)
+    ref = ops.norm_act_residual_reference(y, s, None, None, True, 2, 0.2, 1e-5)
+    assert [t.dtype for t in ref] == [torch.bfloat16, torch.float32, torch.float32]
+    g = torch.randn(out.shape, generator=_gen(72)).bfloat16()
+    got = torch.autograd.grad(out, y, g)[0]
+    y64 = y.detach().double().requires_grad_(True)
+    want = torch.autograd.grad(_epilogue64(y64, s.double(), None, None, True, 2), y64, g.double())[0]
+    # a mean of ~40 rounded to bfloat16 (step 0.25) would shift every normalised value by up to 0.125 sigma
+    assert (got.double() - want).abs().max() <= 0.05 * want.abs().max()
+    torch.library.opcheck(torch.ops.agd.norm_act_residual.default, (y, s, None, None, True, 2, 0.2, 1e-5))
+
+
 def test_epilogue_opcheck_both_layouts(cpp):
     """Schema, fake (its output layout included) and autograd registration agree with the C++ kernel."""
     for fmt in (torch.contiguous_format, torch.channels_last):

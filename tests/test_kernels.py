@@ -19,8 +19,11 @@ import torch
 # triton.language's own @jit helpers (tl.sum, tl.maximum, ...) are decorated when triton.language is first
 # imported: if an earlier test imported it (torch's flop counter does) without TRITON_INTERPRET=1, the
 # interpreter fails inside them. Then this file reruns itself in a fresh process (one test below).
-PRELOADED = "triton.language" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before agd.kernels.mixed_epilogue decorates its kernels
+# On a GPU the same tests run the compiled kernels.
+ON_GPU = torch.cuda.is_available()
+PRELOADED = not ON_GPU and "triton.language" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+if not ON_GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before agd.kernels.mixed_epilogue decorates its kernels
 triton = pytest.importorskip("triton")
 
 from agd import ops  # noqa: E402
@@ -28,7 +31,7 @@ from agd.io import AgdError  # noqa: E402
 from agd.kernels.status import MIN_INTERPRETER_VERSION, _parse  # noqa: E402
 from agd.ops import EpilogueCandidate as Cand  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = "cuda" if ON_GPU else "cpu"
 if DEVICE == "cpu" and _parse(triton.__version__) < MIN_INTERPRETER_VERSION:
     pytest.skip(f"triton {triton.__version__}'s interpreter is unreliable on CPU", allow_module_level=True)
 
@@ -319,7 +322,8 @@ def _engine_search(tmp_path: Path, backend: str):
     space = SearchSpace(get_config("sr-tiny"))
     (mn, _), (mx, _) = space.macs_extremes()
     search = Search(cfg, teacher, items, macs_budget(space, macs=(mn + mx) / 2),
-                    lambda s, t, gt=None: ((s - t).abs().mean(), {}), RunDir.open(tmp_path / backend, resume=False))
+                    lambda s, t, gt=None: ((s - t).abs().mean(), {}), RunDir.open(tmp_path / backend, resume=False),
+                    device=DEVICE)
     for m in search.supernet.mixed_layers:
         m.epilogue_backend = backend
     result = search.run_loop()

@@ -62,6 +62,28 @@ def test_target_tvm_rejects_is_explained():
         tvm_target(TargetSpec("bogus", {"kind": "no-such-kind"}))
 
 
+def test_cuda_target_carries_the_limits_gpu_schedules_read(monkeypatch):
+    """MetaSchedule's GPU rules and dlight read shared memory, registers and L2 off the target: a local
+    GPU's own figures when its arch is the one asked for, else an H100's."""
+    from agd.tuning import targets
+    from agd.tuning.build import tvm_target
+
+    monkeypatch.setattr(targets, "_local_cuda_limits", lambda: None)
+    spec = resolve_target("cuda", cuda_arch="sm_90")
+    assert spec.tvm_target["arch"] == "sm_90" and spec.notes["limits"].startswith("Hopper defaults")
+    for key, value in targets.CUDA_DEFAULT_LIMITS.items():
+        assert spec.tvm_target[key] == value
+    local = dict(targets.CUDA_DEFAULT_LIMITS, arch="sm_89", max_shared_memory_per_block=101376,
+                 l2_cache_size_bytes=75497472)
+    monkeypatch.setattr(targets, "_local_cuda_limits", lambda: local)
+    spec = resolve_target("cuda")
+    assert spec.tvm_target["arch"] == "sm_89" and spec.tvm_target["max_shared_memory_per_block"] == 101376
+    assert spec.notes["limits"] == "read off the local GPU"
+    assert resolve_target("cuda", cuda_arch="sm_90").tvm_target["l2_cache_size_bytes"] == 52428800
+    t = tvm_target(spec)  # TVM accepts every key
+    assert int(t.attrs["max_shared_memory_per_block"]) == 101376 and str(t.attrs["arch"]) == "sm_89"
+
+
 def test_x86_target_has_cpu_and_cores(x86):
     assert x86.tvm_target["kind"] == "llvm" and x86.tvm_target["mcpu"] and x86.tvm_target["num-cores"] >= 1
 
@@ -585,6 +607,37 @@ def test_cli_compile_and_bad_target(tmp_path, capsys):
     assert e.value.code == 2 and "unknown target 'x86-64'" in capsys.readouterr().err
     main(["compile", str(gpath), "--target", "x86", "--output", str(tmp_path / "o"), "--database", str(tmp_path / "db")])
     assert "wrote" in capsys.readouterr().out and (tmp_path / "o" / "manifest.json").is_file()
+
+
+def test_latency_measure_targets(tmp_path, capsys):
+    """latency measure runs on this machine: x86 or cuda; cuda without a GPU says so in one line."""
+    from agd.cli import main
+
+    gpath = _genotype(tmp_path, "sr-tiny", seed=5)
+    with pytest.raises(SystemExit) as e:
+        main(["latency", "measure", str(gpath), "--target", "arm64"])
+    assert e.value.code != 0 and "--target 'arm64': latency measure runs on this machine" in capsys.readouterr().err
+    if torch.cuda.is_available():
+        return
+    with pytest.raises(SystemExit) as e:
+        main(["latency", "measure", str(gpath), "--target", "cuda", "--backends", "eager"])
+    err = capsys.readouterr().err
+    assert e.value.code != 0 and "target cuda: no CUDA device visible to torch" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the cuda comparison runs on a GPU machine")
+def test_compare_on_the_gpu():
+    """Eager, torch.compile and TVM (dlight schedules) on the GPU, each checked against float32 PyTorch."""
+    from agd.tuning.compare import CompareConfig, compare
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.InstanceNorm2d(8), nn.ReLU(), nn.Conv2d(8, 3, 1))
+    rows = compare(model, torch.rand(1, 3, 32, 32), resolve_target("cuda"),
+                   CompareConfig(backends=("eager", "tvm-untuned"), repeats=3, warmup=1))
+    by = {r["backend"]: r for r in rows}
+    assert by["eager"]["ok"] and "TF32" in by["eager"]["note"]
+    assert by["tvm-untuned"]["ok"], by["tvm-untuned"]["note"]
+    assert by["tvm-untuned"]["max_abs_error"] < 1e-4
+    assert next(model.parameters()).device.type == "cpu"  # the caller's model is not moved
 
 
 def test_latency_measure_json_stays_json_while_tuning(tmp_path, capsys):

@@ -1,9 +1,13 @@
 """Side-by-side latency of one generator on this machine: PyTorch eager, torch.compile, ONNX Runtime,
-TVM untuned and TVM tuned. Every backend's output is checked against eager PyTorch; a backend that is
-missing or fails is reported with the reason, never silently dropped."""
+TVM untuned and TVM tuned, on its CPU (target x86) or its GPU (target cuda). Every backend's output is
+checked against eager PyTorch; a backend that is missing or fails is reported with the reason, never
+silently dropped. On a GPU each timed call starts from an input already on the device and ends when the
+device has finished (synchronized), for every backend alike."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import io
 import statistics
 import time
@@ -36,7 +40,7 @@ def _time(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
     return {"median_ms": statistics.median(ts), "min_ms": min(ts), "repeats": repeats}
 
 
-def _ort_session(model: torch.nn.Module, x: torch.Tensor, threads: int | None):
+def _ort_session(model: torch.nn.Module, x: torch.Tensor, threads: int | None, provider: str = "CPUExecutionProvider"):
     import onnxruntime as ort
 
     buf = io.BytesIO()
@@ -48,54 +52,106 @@ def _ort_session(model: torch.nn.Module, x: torch.Tensor, threads: int | None):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
-    return ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(buf.getvalue(), so, providers=[provider])
+
+
+def device_of(spec: Any) -> str:
+    """The torch device type a target's generator runs on here: "cuda" for a cuda target, else "cpu"."""
+    return "cuda" if spec.tvm_target.get("kind") == "cuda" else "cpu"
+
+
+@contextlib.contextmanager
+def _exact_float32():
+    """Plain float32 arithmetic for the reference output (cuDNN's default TF32 convolutions err ~1e-3)."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _torch_note(device: str) -> str:
+    if device != "cuda":
+        return ""
+    tf32 = torch.backends.cudnn.allow_tf32
+    return f"{torch.cuda.get_device_name()}, cuDNN TF32 convolutions {'on' if tf32 else 'off'}"
 
 
 def compare(model: torch.nn.Module, x: torch.Tensor, spec: Any, config: CompareConfig = CompareConfig(),
             progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """One row per backend: ``{"backend", "ok", "median_ms", "min_ms", "max_abs_error", "note"}``."""
-    model = model.eval()
+    """One row per backend: ``{"backend", "ok", "median_ms", "min_ms", "max_abs_error", "note"}``.
+    The generator runs where the target's code runs (:func:`device_of`): the CPU, or this machine's GPU."""
+    from agd.io import AgdError
+
+    device = device_of(spec)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AgdError(f"target {spec.name}: no CUDA device visible to torch {torch.__version__} on this machine "
+                       "(build with `agd compile`; measure on a machine with the GPU)")
+    model = model.eval()  # stays on the CPU: ONNX and TVM export from it
+    on_device = model if device == "cpu" else copy.deepcopy(model).to(device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    with torch.no_grad():
-        ref = model(x).numpy().astype(np.float64)
+    xd = x.to(device)
+    with torch.no_grad(), _exact_float32():
+        ref = on_device(xd).cpu().numpy().astype(np.float64)
     xn = x.numpy()
     rows: list[dict[str, Any]] = []
 
-    def add(name: str, run: Callable[[], np.ndarray] | None, note: str = "", setup_s: float = 0.0) -> None:
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def add(name: str, run: Callable[[], np.ndarray] | None, note: str = "", setup_s: float = 0.0,
+            timed: Callable[[], Any] | None = None) -> None:
+        """``run`` returns the output (checked), ``timed`` is the call that is timed (default: ``run``)."""
         if run is None:
             rows.append({"backend": name, "ok": False, "note": note})
         else:
             err = float(np.abs(np.asarray(run(), dtype=np.float64) - ref).max())
-            rows.append({"backend": name, "ok": True, **_time(run, config.repeats, config.warmup),
+            rows.append({"backend": name, "ok": True, **_time(timed or run, config.repeats, config.warmup),
                          "max_abs_error": err, "setup_s": setup_s, "note": note})
         if progress:
             r = rows[-1]
             progress(f"{name}: " + (f"{r['median_ms']:.3f} ms" if r["ok"] else f"unavailable ({note})"))
 
+    def torch_rows(fn: Callable[[torch.Tensor], torch.Tensor]) -> tuple[Callable[[], np.ndarray], Callable[[], Any]]:
+        def run():
+            with torch.no_grad():
+                return fn(xd).cpu().numpy()
+
+        def timed():
+            with torch.no_grad():
+                y = fn(xd)
+            sync()
+            return y
+        return run, timed
+
     for name in config.backends:
         t0 = time.perf_counter()
         try:
             if name == "eager":
-                def run_eager():
-                    with torch.no_grad():
-                        return model(x).numpy()
-                add(name, run_eager)
+                run, timed = torch_rows(on_device)
+                add(name, run, _torch_note(device), timed=timed)
             elif name == "torch.compile":
-                cm = torch.compile(model)
+                cm = torch.compile(on_device)
                 with torch.no_grad():
-                    cm(x)  # compile outside the timing
-
-                def run_compiled():
-                    with torch.no_grad():
-                        return cm(x).numpy()
-                add(name, run_compiled, "inductor, default mode", time.perf_counter() - t0)
+                    cm(xd)  # compile outside the timing
+                sync()
+                run, timed = torch_rows(cm)
+                note = ", ".join(n for n in ("inductor, default mode", _torch_note(device)) if n)
+                add(name, run, note, time.perf_counter() - t0, timed=timed)
             elif name == "onnxruntime":
-                sess = _ort_session(model, x, config.threads)
                 import onnxruntime as ort
 
-                add(name, lambda: sess.run(None, {"x": xn})[0], f"onnxruntime {ort.__version__}, CPU EP, ORT_ENABLE_ALL",
-                    time.perf_counter() - t0)
+                provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+                if provider not in ort.get_available_providers():
+                    add(name, None, f"onnxruntime {ort.__version__} has no {provider} here")
+                    continue
+                sess = _ort_session(model, x, config.threads, provider)
+                copies = " (host input and output: copies timed)" if device == "cuda" else ""
+                add(name, lambda: sess.run(None, {"x": xn})[0],
+                    f"onnxruntime {ort.__version__}, {provider}, ORT_ENABLE_ALL{copies}", time.perf_counter() - t0)
             elif name in ("tvm-untuned", "tvm-tuned"):
                 from agd.tuning.build import build
                 from agd.tuning.export import to_relax
@@ -120,9 +176,11 @@ def compare(model: torch.nn.Module, x: torch.Tensor, spec: Any, config: CompareC
                         continue
                     db = config.database
                     note += f"database {db} ({database_records(db)} records)"
+                elif device == "cuda":
+                    note = "TVM default GPU schedules (dlight)"
                 ex = build(prog.mod, spec, db)
                 cmod = CompiledModel(ex, prog.params, spec)
-                add(name, lambda: cmod(xn), note, time.perf_counter() - t0)
+                add(name, lambda: cmod(xn), note, time.perf_counter() - t0, timed=cmod.bind(xn))
             else:
                 add(name, None, f"unknown backend (known: {', '.join(BACKENDS)})")
         except ImportError as e:

@@ -60,8 +60,12 @@ def resolve_target(name: str, cuda_arch: str | None = None) -> TargetSpec:
         native = platform.machine() in ("aarch64", "arm64")
         return TargetSpec("arm64", tgt, cross_compiler=None if native else ARM64_CROSS_CXX)
     if name == "cuda":
-        arch = cuda_arch or _local_cuda_arch() or "sm_90"
-        return TargetSpec("cuda", {"kind": "cuda", "arch": arch}, host={"kind": "llvm"}, notes={"arch": arch})
+        local = _local_cuda_limits()
+        arch = cuda_arch or (local or {}).get("arch") or "sm_90"
+        limits = local if local is not None and local["arch"] == arch else CUDA_DEFAULT_LIMITS
+        tgt = {"kind": "cuda", **{k: v for k, v in limits.items() if k != "arch"}, "arch": arch}
+        where = "read off the local GPU" if limits is local else "Hopper defaults (no local GPU of that arch)"
+        return TargetSpec("cuda", tgt, host={"kind": "llvm"}, notes={"arch": arch, "limits": where})
     if name.startswith("rpc://"):
         rest = name[len("rpc://"):]
         try:
@@ -88,13 +92,30 @@ def _physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _local_cuda_arch() -> str | None:
+# What MetaSchedule's GPU rules and dlight read off a CUDA target besides its arch (TVM's own cuda target
+# carries only the thread counts, and its schedule checks then assume nothing about shared memory or L2).
+# Defaults: an H100's (TVM's nvidia/nvidia-h100 tag); a local GPU's own figures replace them.
+CUDA_DEFAULT_LIMITS = {"max_num_threads": 1024, "max_threads_per_block": 1024, "thread_warp_size": 32,
+                       "max_shared_memory_per_block": 49152, "registers_per_block": 65536,
+                       "l2_cache_size_bytes": 52428800}
+
+
+def _local_cuda_limits() -> dict[str, Any] | None:
+    """The first visible GPU's arch and the CUDA target limits above, read through torch; None without one."""
     import torch
 
-    if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability(0)
-        return f"sm_{major}{minor}"
-    return None
+    if not torch.cuda.is_available():
+        return None
+    p = torch.cuda.get_device_properties(0)
+    out = dict(CUDA_DEFAULT_LIMITS, arch=f"sm_{p.major}{p.minor}")
+    for key, attr in (("max_threads_per_block", "max_threads_per_block"), ("thread_warp_size", "warp_size"),
+                      ("registers_per_block", "regs_per_block"),  # absent in some torch builds: defaults stay
+                      ("l2_cache_size_bytes", "L2_cache_size"), ("max_shared_memory_per_block", "shared_memory_per_block")):
+        v = getattr(p, attr, None)
+        if isinstance(v, int) and v > 0:
+            out[key] = v
+    out["max_num_threads"] = out["max_threads_per_block"]
+    return out
 
 
 def target_status(name: str) -> BackendStatus:

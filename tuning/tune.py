@@ -292,9 +292,12 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
     todo = sorted((i for i in range(len(tasks)) if left[i] > 0), key=lambda i: counts[i] - alloc[i])
     unscheduled: list[int] = []
     if todo:
+        # a GPU runner is left unlimited: the CUDA driver reserves far more address space than it uses, so
+        # an address-space cap makes every measurement fail at CUDA's initialization
+        gpu = spec.tvm_target.get("kind") == "cuda"
         runner = runner or ms.runner.LocalRunner(timeout_sec=config.runner_timeout_s,
                                                  f_alloc_argument=alloc_local_arguments,
-                                                 initializer=limit_worker_memory)
+                                                 initializer=None if gpu else limit_worker_memory)
         builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=config.builder_timeout_s,
                                           initializer=limit_worker_memory)
 

@@ -3,7 +3,7 @@
 ``agd bench kernels --suite triton`` times the fused mixed-layer epilogue against eager PyTorch and
 torch.compile of the same reference over both supernets' real shapes, plus a whole supernet search step
 with the fused epilogue on and off. ``--suite csrc`` runs the C++/CUDA suite (``agd.commands.bench_csrc``,
-``run_csrc_suite(device, quick)``) when it exists. Figures on CPU are checks that the command works, not
+``run_csrc_suite(device, quick, compile)``). Figures on CPU are checks that the command works, not
 measurements of the kernels (Triton runs on CPU only in its interpreter).
 """
 
@@ -30,10 +30,31 @@ def _csrc_suite():
     return run_csrc_suite
 
 
-def collect(suite: str, device: str, quick: bool) -> list[dict]:
-    """Rows of the requested suite(s) on ``device``."""
+def parse_dtypes(spec: str) -> tuple:
+    """``float32,bfloat16`` → torch dtypes of the Triton suite; AgdError naming a bad entry."""
+    from agd.kernels.bench import DTYPES
+
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [n for n in names if n not in DTYPES]
+    if bad or not names:
+        raise AgdError(f"--dtypes {spec!r}: {'unknown ' + ', '.join(map(repr, bad)) if bad else 'empty'}; "
+                       f"choose from {', '.join(DTYPES)}")
+    return tuple(DTYPES[n] for n in names)
+
+
+def _progress(row: dict) -> None:
+    """One line per finished row on stderr (a long GPU run shows its figures before the table)."""
+    typer.echo("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("suite", "device")), err=True)
+
+
+def collect(suite: str, device: str, quick: bool, dtypes: str = "float32,bfloat16", search_step: bool = True,
+            compile_rows: bool | None = None, progress: bool = False) -> list[dict]:
+    """Rows of the requested suite(s) on ``device`` (``dtypes``: the Triton suite's, comma-separated;
+    ``search_step``: with the Triton suite's whole search step; ``compile_rows``: the csrc suite's
+    torch.compile rows, None for its default)."""
     if suite not in SUITES:
         raise AgdError(f"--suite {suite!r}: choose one of {', '.join(SUITES)}")
+    dts = parse_dtypes(dtypes) if suite in ("triton", "all") else ()
     import torch
 
     try:
@@ -47,10 +68,11 @@ def collect(suite: str, device: str, quick: bool) -> list[dict]:
     if suite in ("triton", "all"):
         from agd.kernels.bench import run_epilogue_suite, run_search_step
 
-        rows += run_epilogue_suite(str(dev), quick)
-        rows += run_search_step(str(dev), quick)
+        rows += run_epilogue_suite(str(dev), quick, dts, _progress if progress else None)
+        if search_step:
+            rows += run_search_step(str(dev), quick, _progress if progress else None)
     if csrc is not None:
-        rows += list(csrc(str(dev), quick))
+        rows += list(csrc(str(dev), quick, compile_rows))
     return rows
 
 
@@ -87,6 +109,10 @@ def kernels(
     suite: str = typer.Option("triton", help="triton (fused epilogue + search step), csrc (C++/CUDA ops) or all."),
     device: Optional[str] = typer.Option(None, help="torch device (default: cuda if visible, else cpu)."),
     quick: bool = typer.Option(False, help="One workload per space and a smaller search step."),
+    dtypes: str = typer.Option("float32,bfloat16", help="Triton suite dtypes, comma-separated (float32, bfloat16, float16)."),
+    search_step: bool = typer.Option(True, help="Triton suite: also time a whole supernet search step."),
+    compile_rows: Optional[bool] = typer.Option(None, "--compile-rows/--no-compile-rows",
+                                                help="csrc suite: also time torch.compile (default: unless --quick)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows to this JSON file."),
     threads: Optional[int] = typer.Option(None, min=1, help="torch intra-op threads (default: torch's, one per core)."),
 ) -> None:
@@ -97,7 +123,7 @@ def kernels(
         torch.set_num_threads(threads)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     typer.echo(f"device {device}, {torch.get_num_threads()} intra-op threads; eager and agd calls alternate")
-    rows = collect(suite, device, quick)
+    rows = collect(suite, device, quick, dtypes, search_step, compile_rows, progress=True)
     if torch.device(device).type == "cpu" and suite != "csrc":
         typer.echo("note: CPU run: a check that the benchmark works; the Triton kernels are not timed here "
                    "(they run on CPU only in the interpreter) and CPU figures say nothing about GPU speed.")

@@ -1,11 +1,12 @@
 """The ``csrc`` benchmark suite: agd's C++/CUDA block ops against PyTorch eager and torch.compile.
 
-``run_csrc_suite(device, quick)`` returns one row per (op, shape, backend):
+``run_csrc_suite(device, quick, compile)`` returns one row per (op, shape, backend):
 ``{"op", "shape", "backend", "median_ms", "ratio"}`` where ``ratio`` = eager median / this median
 (> 1: faster than eager; eager's own row is 1.0). Backends: "eager" (the standard-op module / torch
 functions, oneDNN on CPU, cuDNN on GPU), "agd" (the compiled agd op, or the converted student, see
-:mod:`agd.space.fast`), "compile" (torch.compile of the eager module; full suite only, since compiling
-takes tens of seconds per module on a small CPU). Shapes are those of real derived genotypes at batch
+:mod:`agd.space.fast`), "compile" (torch.compile of the eager module; by default in the full suite only,
+since compiling takes tens of seconds per module on a small CPU). On a GPU every row is timed with
+``triton.testing.do_bench`` (CUDA events), on the CPU with interleaved wall-clock calls. Shapes are those of real derived genotypes at batch
 1: the translation body at 64x64 (a 256x256 input), the SR cells at a 64x64 LR input.
 
 Nothing is printed or written here; the ``agd bench kernels --suite csrc`` command formats the rows.
@@ -13,6 +14,7 @@ Nothing is printed or written here; the ``agd bench kernels --suite csrc`` comma
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import statistics
 from collections.abc import Callable
@@ -33,9 +35,10 @@ class SuiteConfig:
 
     warmup: int = 2
     reps: int = 10
+    compile: bool = True  # also time torch.compile of the eager module (tens of seconds of compiling each)
 
 
-QUICK = SuiteConfig(warmup=1, reps=3)
+QUICK = SuiteConfig(warmup=1, reps=3, compile=False)
 FULL = SuiteConfig(warmup=2, reps=10)
 
 
@@ -45,8 +48,16 @@ def _sync(device: torch.device) -> None:
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, cfg: SuiteConfig) -> dict[str, float]:
-    """Median wall time (ms) of each of ``fns`` under no_grad, the calls alternating (see
-    :func:`agd.timing.interleaved_times_ms`), the device synchronised around each call."""
+    """Median time (ms) of each of ``fns`` under no_grad. On the CPU: wall time, the calls alternating (see
+    :func:`agd.timing.interleaved_times_ms`). On a GPU: ``triton.testing.do_bench`` (CUDA events around each
+    call, L2 flushed between calls, median of about 100 ms of calls), since a host clock around one
+    synchronised call of a batch-1 kernel measures the launch and the synchronisation more than the kernel."""
+    if device.type == "cuda":
+        import triton.testing
+
+        with torch.no_grad():
+            return {k: float(triton.testing.do_bench(f, warmup=25, rep=100, return_mode="median"))
+                    for k, f in fns.items()}
     with torch.no_grad():
         times = interleaved_times_ms(fns, cfg.reps, cfg.warmup, sync=lambda: _sync(device))
     return {k: statistics.median(v) for k, v in times.items()}
@@ -64,6 +75,9 @@ def _rows(op: str, shape: str, timings: dict[str, float]) -> list[dict]:
 
 
 def _compiled(fn: Callable, cfg: SuiteConfig, device: torch.device, example: tuple) -> float:
+    # a fresh dynamo cache for every row: the rows share code objects (one block class, one lambda), and past
+    # dynamo's recompile limit (8) torch.compile silently runs them eagerly
+    torch._dynamo.reset()
     c = torch.compile(fn)
     with torch.no_grad():
         c(*example)  # compile outside the timing
@@ -105,7 +119,7 @@ def _bench_epilogue(device: torch.device, cfg: SuiteConfig, quick: bool) -> list
         t = time_interleaved({"eager": eager,
                               "agd": lambda y=y, s=s: torch.ops.agd.norm_act_residual(y, s, None, None, True, 1, 0.2,
                                                                                       1e-5)}, device, cfg)
-        if not quick:
+        if cfg.compile:
             t["compile"] = _compiled(eager, cfg, device, (y, s))
         rows += _rows("norm_act_residual (IN + add + relu)", f"1x{c}x{hw}x{hw}", t)
     return rows
@@ -130,7 +144,7 @@ def _bench_narrow(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[d
 
         t = time_interleaved({"eager": eager, "agd": lambda x=x, w=w, b=b, reflect=reflect, code=code:
                               torch.ops.agd.conv_narrow(x, w, b, reflect, code, 0.2)}, device, cfg)
-        if not quick:
+        if cfg.compile:
             t["compile"] = _compiled(eager, cfg, device, ())
         rows += _rows("conv_narrow", f"{name} 1x{c}x256x256", t)
     return rows
@@ -175,7 +189,7 @@ def _bench_dws(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[dict
         fast = FastDwsBlock(blk, "cuda" if device.type == "cuda" else "cpp").eval()
         x = torch.randn(1, cin, 64, 64, device=device)
         t = time_interleaved({"eager": lambda: blk(x), "agd": lambda: fast(x)}, device, cfg)
-        if not quick:
+        if cfg.compile:
             t["compile"] = _compiled(blk, cfg, device, (x,))
         rows += _rows("dws_block", f"{space} {cin}->{cout} (hidden {3 * cin}) 1x{cin}x64x64", t)
     return rows
@@ -210,13 +224,13 @@ def _bench_students(device: torch.device, cfg: SuiteConfig, quick: bool) -> list
         fast = convert(net, "cuda" if device.type == "cuda" else "cpp")
         x = torch.rand(*shape, device=device)
         t = time_interleaved({"eager": lambda: net(x), "agd": lambda: fast(x)}, device, cfg)
-        if not quick:
+        if cfg.compile:
             t["compile"] = _compiled(net, cfg, device, (x,))
         rows += _rows("student", f"{name} input {'x'.join(map(str, shape))}", t)
     return rows
 
 
-def run_csrc_suite(device: str, quick: bool) -> list[dict]:
+def run_csrc_suite(device: str, quick: bool, compile: bool | None = None) -> list[dict]:
     """Every row of the csrc suite on ``device`` ("cpu" or "cuda[:i]"); AgdError when agd's compiled
     ops do not run there (the reason says why)."""
     dev = torch.device(device)
@@ -224,6 +238,8 @@ def run_csrc_suite(device: str, quick: bool) -> list[dict]:
     if backend == "reference":
         raise AgdError(f"bench csrc: agd's compiled block ops do not run on {dev}: {why}")
     cfg = QUICK if quick else FULL
+    if compile is not None:
+        cfg = dataclasses.replace(cfg, compile=compile)
     rows = []
     rows += _bench_dwconv(dev, cfg, quick)
     rows += _bench_epilogue(dev, cfg, quick)

@@ -79,14 +79,15 @@ def latency_measure(
     weights: Optional[Path] = typer.Option(None, help="State dict (default: seeded random init)."),
     size: Optional[str] = typer.Option(None, help="Input HxW (default: the space's reference size)."),
     trials: int = typer.Option(0, min=0, help="Tune first with this many MetaSchedule trials (tvm-tuned row)."),
-    database: Optional[Path] = typer.Option(None, help="Tuning database (default tvm-db/x86)."),
+    database: Optional[Path] = typer.Option(None, help="Tuning database (default tvm-db/<target>)."),
+    target: str = typer.Option("x86", "--target", help="x86 (this CPU) or cuda (this machine's GPU)."),
     backends: str = typer.Option(",".join(("eager", "torch.compile", "onnxruntime", "tvm-untuned", "tvm-tuned")),
                                  help="Comma-separated backends."),
     repeats: int = typer.Option(10, min=1, help="Timed calls per backend (median reported)."),
     threads: Optional[int] = typer.Option(None, min=1, help="Intra-op threads for torch and ONNX Runtime."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """PyTorch eager, torch.compile, ONNX Runtime, TVM untuned and TVM tuned, side by side, on this CPU."""
+    """PyTorch eager, torch.compile, ONNX Runtime, TVM untuned and TVM tuned, side by side, on this CPU or GPU."""
     import torch
 
     from agd.space import Genotype
@@ -98,9 +99,12 @@ def latency_measure(
     model = load_generator(g, weights)
     h, w = parse_size(size) or g.config.reference_size
     x = torch.rand(1, g.config.in_ch, h, w, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    spec = resolve_target("x86")
+    if target not in ("x86", "cuda"):
+        raise AgdError(f"--target {target!r}: latency measure runs on this machine: x86 or cuda "
+                       "(arm64 and rpc:// devices: agd compile, which times through RPC)")
+    spec = resolve_target(target)
     cfg = CompareConfig(backends=tuple(b.strip() for b in backends.split(",") if b.strip()), trials=trials,
-                        database=database or default_database("x86"), repeats=repeats, threads=threads)
+                        database=database or default_database(target), repeats=repeats, threads=threads)
     with _stdout_to_stderr(as_json):
         rows = compare(model, x, spec, cfg, progress=None if as_json else _echo)
     if as_json:
@@ -110,7 +114,7 @@ def latency_measure(
     from rich.table import Table
 
     base = next((r["median_ms"] for r in rows if r["backend"] == "eager" and r["ok"]), None)
-    table = Table(title=f"{genotype} at {h}x{w}, batch 1", title_justify="left")
+    table = Table(title=f"{genotype} at {h}x{w}, batch 1, target {target}", title_justify="left")
     for col in ("backend", "median ms", "vs eager", "max abs error", "note"):
         table.add_column(col)
     for r in rows:

@@ -220,12 +220,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_residual_cpu(
   at::Tensor out = at::empty_like(y, fmt);
   at::Tensor mean = at::empty({norm ? N : 0, norm ? C : 0}, y.options());
   at::Tensor rstd = at::empty({norm ? N : 0, norm ? C : 0}, y.options());
-  if (y.numel() == 0) return {out.to(t), mean.to(t), rstd.to(t)};
+  if (y.numel() == 0) return {out.to(t), mean, rstd};  // statistics stay in the compute type
   if (nhwc) {
     AT_DISPATCH_FLOATING_TYPES(ct, "agd::norm_act_residual", [&] {
       norm_act_residual_nhwc<scalar_t>(y, s, w, b, out, mean, rstd, norm, act, slope, eps);
     });
-    return {out.to(t), mean.to(t), rstd.to(t)};
+    return {out.to(t), mean, rstd};  // statistics stay in the compute type
   }
   AT_DISPATCH_FLOATING_TYPES(ct, "agd::norm_act_residual", [&] {
     const scalar_t* yp = y.data_ptr<scalar_t>();
@@ -254,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_residual_cpu(
       }
     });
   });
-  return {out.to(t), mean.to(t), rstd.to(t)};
+  return {out.to(t), mean, rstd};  // statistics stay in the compute type
 }
 
 template <typename T>

@@ -86,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_residual_cuda(
                                         static_cast<int>(act), static_cast<float>(slope), static_cast<float>(eps),
                                         current_stream(y)),
         "agd::norm_act_residual");
-  return {out, mean.to(st), rstd.to(st)};
+  return {out, mean, rstd};  // float32 statistics for every dtype (the backward reads them)
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_residual_backward_cuda(
