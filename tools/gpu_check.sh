@@ -11,7 +11,8 @@
 #            apache-tvm, apache-tvm-ffi and xgboost importable (TVM_WHEELS=DIR: pip-install the wheels in DIR)
 # Default stages: install tests bench. Env: PYTHON (python3), AGD_GENOTYPE (examples/translation_r9_small.json),
 # and time caps in seconds per step (each step is killed at its cap, its partial log kept): T_TEST_TRITON,
-# T_TEST_CUDA, T_BENCH_TRITON, T_BENCH_CSRC, T_BENCH_BF16, T_TVM_UNTUNED, T_TVM_TUNE, T_TVM_TUNED.
+# T_TEST_CUDA, T_BENCH_TRITON, T_BENCH_CSRC, T_BENCH_BF16, T_TVM_TESTS, T_TVM_TUNE, T_TVM_MEASURE, T_TVM_COMPILE;
+# TVM_TRIALS (the tuning budget, 2000: the time cap usually ends it first).
 # OUT_DIR gets summary.txt, the benchmarks' JSON and logs.tgz (every log): few files, for machines that
 # return only a handful.
 set -uo pipefail
@@ -104,31 +105,49 @@ if want tvm; then
     [[ -e "$d/libcudart.so.13" ]] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" && break
   done
   $py -m agd info 2>&1 | grep -i tvm | tee -a "$summary"
+  $py -c "import agd" 2>/dev/null || AGD_SKIP_CPP=1 $py -m pip install -q --no-build-isolation --no-deps -e . \
+    >"$logs/install_tvm.log" 2>&1
   geno=${AGD_GENOTYPE:-examples/translation_r9_small.json}
   db=/tmp/agd-tvm-db
-  step "TVM cuda: eager, torch.compile, ONNX Runtime, TVM untuned (dlight)"
-  timeout "${T_TVM_UNTUNED:-240}" $py -m agd latency measure "$geno" --target cuda \
-    --backends eager,torch.compile,onnxruntime,tvm-untuned --repeats 50 --json >"$out/tvm_cuda_untuned.json" \
-    2>"$logs/tvm_cuda_untuned.log"
-  note "tvm untuned: exit $?"
-  step "TVM cuda: MetaSchedule tuning, capped at ${T_TVM_TUNE:-150} s (records persist; a killed run resumes)"
+  step "TVM cuda tests"
+  run_pytest test_tuning_cuda "${T_TVM_TESTS:-90}" tests/test_tuning.py -k "cuda or gpu"
+  step "TVM cuda: MetaSchedule tuning of $geno, capped at ${T_TVM_TUNE:-150} s (records persist; a killed run resumes)"
   t0=$(date +%s)
-  timeout "${T_TVM_TUNE:-150}" $py -m agd latency measure "$geno" --target cuda --trials 2000 --database "$db" \
-    --backends tvm-tuned --json >"$logs/tvm_cuda_tune.json" 2>"$logs/tvm_cuda_tune.log"
+  timeout "${T_TVM_TUNE:-150}" $py -m agd latency measure "$geno" --target cuda --trials "${TVM_TRIALS:-2000}" \
+    --database "$db" --backends tvm-tuned --json >"$logs/tvm_cuda_tune.json" 2>"$logs/tvm_cuda_tune.log"
   note "tvm tuning: exit $?, $(( $(date +%s) - t0 )) s, $(cat "$db"/database_tuning_record.json 2>/dev/null | wc -l) records"
-  step "TVM cuda: tuned build against eager and torch.compile"
-  timeout "${T_TVM_TUNED:-200}" $py -m agd latency measure "$geno" --target cuda --database "$db" \
-    --backends eager,torch.compile,tvm-tuned --repeats 50 --json >"$out/tvm_cuda_tuned.json" 2>"$logs/tvm_cuda_tuned.log"
-  note "tvm tuned: exit $?"
+  step "TVM cuda: eager, torch.compile, ONNX Runtime, TVM untuned (dlight) and tuned, in one process"
+  timeout "${T_TVM_MEASURE:-200}" $py -m agd latency measure "$geno" --target cuda --database "$db" --repeats 50 \
+    --backends eager,torch.compile,onnxruntime,tvm-untuned,tvm-tuned --json >"$out/tvm_cuda.json" 2>"$logs/tvm_cuda.log"
+  note "tvm measure: exit $?"
   cp "$db"/database_*.json "$logs/" 2>/dev/null
+  step "TVM cuda: agd compile (the checked artifact) from the database"
+  timeout "${T_TVM_COMPILE:-90}" $py -m agd compile "$geno" --target cuda --database "$db" --output /tmp/agd-artifact \
+    >"$logs/tvm_compile.log" 2>&1
+  note "agd compile --target cuda: exit $?: $(tail -n 1 "$logs/tvm_compile.log")"
+  cp /tmp/agd-artifact/manifest.json "$logs/artifact_manifest.json" 2>/dev/null
 fi
 
 step "summary"
 cat "$summary"
-for f in "$logs"/bench_*.log; do
-  [[ -e "$f" ]] && { echo "--- $(basename "$f")"; grep -v "^ " "$f" | tail -n 40; }
+for f in "$out"/bench_*.json; do
+  [[ -s "$f" ]] && $py - "$f" <<'EOF'
+import json, sys
+rows = json.load(open(sys.argv[1]))
+print("---", sys.argv[1].rsplit("/", 1)[-1])
+for r in rows:
+    if "fused_ms" in r:
+        print(f"{r['workload']:>20} {r['dtype']:>8}: eager {r['eager_ms']:.3f} compile {r['compile_ms']:.3f} fused "
+              f"{r['fused_ms']:.3f} ms, {r['fused_gbs']:.0f} GB/s = {r['of_copy']:.0%} of copy, "
+              f"x{r['eager_over_fused']:.2f} eager, x{r['compile_over_fused']:.2f} compile")
+    elif "peak_mib" in r:
+        peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f} MiB"
+        print(f"{r['workload']} epilogue {r['epilogue']}: {r['ms']:.2f} ms, peak {peak}")
+    else:
+        print(f"{r['op'][:22]:>22} {r['shape'][:46]:<46} {r['backend']:>7}: {r['median_ms']:.4f} ms x{r['ratio']:.2f}")
+EOF
 done
-for f in "$out"/tvm_cuda_untuned.json "$out"/tvm_cuda_tuned.json; do
+for f in "$out"/tvm_cuda.json; do
   [[ -s "$f" ]] && $py - "$f" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
