@@ -38,6 +38,10 @@ PACKAGES = [
     "agd.tuning",
 ]
 PACKAGE_DIR = {"agd": "agd", "agd.kernels": "kernels", "agd.tuning": "tuning"}
+# nvcc's own flags (torch adds its defines and -gencode); literals: tests/test_csrc_blocks.py compiles the
+# kernels with exactly these where no CUDA torch exists. nvcc knows no -g0.
+NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+NVCC_DEBUG_FLAGS = ["-O0", "-g", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
 
 
 def _env_flag(name: str) -> bool:
@@ -92,7 +96,7 @@ def _extensions():
         and (torch.cuda.is_available() or _env_flag("FORCE_CUDA"))
     )
     if want_cuda:
-        nvcc_flags = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        nvcc_flags = NVCC_DEBUG_FLAGS if debug else NVCC_FLAGS
         exts.append(
             CUDAExtension(
                 "agd._C_cuda",

@@ -6,6 +6,7 @@ lazy: nothing here is evaluated at import time.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import sys
@@ -24,8 +25,10 @@ class BackendStatus:
     details: dict[str, str] = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=None)
 def package_version(dist: str) -> str | None:
-    """Installed version of a distribution, without importing it (None when not installed)."""
+    """Installed version of a distribution, without importing it (None when not installed); looked up once
+    per process (the kernels' dispatch asks on every call, and a lookup scans site-packages)."""
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:

@@ -11,7 +11,10 @@ Implementations timed on the same inputs, forward + backward (all gradients):
 - ``compile``: ``torch.compile`` of that same reference function;
 - ``fused``: ``torch.ops.agd.mixed_epilogue`` with the Triton kernels (CUDA), or on CPU its PyTorch
   implementation ("reference"), since Triton runs on CPU only in its interpreter (figures meaningless).
-Bytes moved are the minimum a fused implementation must move; GB/s = bytes / median time.
+Bytes moved are the minimum a fused implementation must move; GB/s = bytes / median time. On a GPU each
+row also has the GPU time alone (``*_gpu_ms``: kernels, copies and fills per call on torch.profiler's
+device timeline) with the GB/s and ratios it gives: at the supernets' sizes a call's wall time is mostly
+host work (Python, autograd, launches), which says nothing about the kernels.
 """
 
 from __future__ import annotations
@@ -120,6 +123,24 @@ def fwd_bwd(impl: str, wts, leaves, build, channels: int) -> Callable[[], object
     return run
 
 
+def device_ms(fn: Callable[[], object], iters: int = 10) -> float:
+    """Milliseconds of GPU work per call of ``fn`` (kernels, copies and fills, from torch.profiler's device
+    timeline), which leaves out the host: at these sizes a call's wall time is mostly Python, autograd and
+    launches, while this is what the kernels themselves take."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    us = sum(getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0) for e in prof.events()
+             if e.device_type == DeviceType.CUDA)
+    return us / 1e3 / iters
+
+
 def copy_bandwidth(device: str, dtype: torch.dtype = torch.float32, mb: int = 512) -> float:
     """Measured device copy bandwidth in GB/s (read + write of an ``mb`` MB buffer)."""
     n = mb * 2**20 // torch.empty((), dtype=dtype).element_size()
@@ -140,25 +161,34 @@ def run_epilogue_suite(device: str, quick: bool, dtypes: tuple[torch.dtype, ...]
     fused run against the bytes that must move, its fraction of the copy bandwidth, and the ratios."""
     bench = timer(device)
     copy = copy_bandwidth(device)
+    cuda = torch.device(device).type == "cuda"
     rows = []
     for w in workloads(quick, device):
         for dt in dtypes:
             wts, leaves, build = make_inputs(w, dt, device)
-            ms = {}
+            ms, gpu = {}, {}
             for impl in ("eager", "compile", "fused"):
                 run = fwd_bwd(impl, wts, leaves, build, w.channels)
                 for _ in range(3):  # compile, and recompile for dynamic shapes, outside the timed region
                     run()
                 ms[impl] = bench(run)
+                if cuda:
+                    gpu[impl] = device_ms(run)
             fb, bb = bytes_moved(w, dt)
             gbs = (fb + bb) / (ms["fused"] * 1e-3) / 1e9
             rows.append({
                 "suite": "triton", "workload": w.name, "dtype": str(dt).replace("torch.", ""), "device": device,
-                "fused": "triton" if torch.device(device).type == "cuda" else "op reference (CPU: not the kernel)",
+                "fused": "triton" if cuda else "op reference (CPU: not the kernel)",
                 "eager_ms": ms["eager"], "compile_ms": ms["compile"], "fused_ms": ms["fused"],
                 "bytes": fb + bb, "fused_gbs": gbs, "copy_gbs": copy, "of_copy": gbs / copy,
                 "eager_over_fused": ms["eager"] / ms["fused"], "compile_over_fused": ms["compile"] / ms["fused"],
             })
+            if cuda:  # the same on GPU time alone
+                ggbs = (fb + bb) / (gpu["fused"] * 1e-3) / 1e9
+                rows[-1].update({"eager_gpu_ms": gpu["eager"], "compile_gpu_ms": gpu["compile"], "fused_gpu_ms": gpu["fused"],
+                                 "fused_gpu_gbs": ggbs, "of_copy_gpu": ggbs / copy,
+                                 "eager_over_fused_gpu": gpu["eager"] / gpu["fused"],
+                                 "compile_over_fused_gpu": gpu["compile"] / gpu["fused"]})
             if progress:
                 progress(rows[-1])
     return rows
@@ -207,7 +237,7 @@ def run_search_step(device: str, quick: bool, progress: Callable[[dict], None] |
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated() / 2**20
         rows.append({"suite": "triton", "workload": name, "device": device, "epilogue": backend,
-                     "ms": timer(device)(step), "peak_mib": peak})
+                     "ms": timer(device)(step), "gpu_ms": device_ms(step, 3) if cuda else None, "peak_mib": peak})
         if progress:
             progress(rows[-1])
     return rows

@@ -28,6 +28,8 @@ input is both identity's z and the shortcut of resblock/dwsblock) accumulate int
 
 from __future__ import annotations
 
+import struct
+
 import torch
 import triton
 import triton.language as tl
@@ -127,8 +129,8 @@ def _mixed_epilogue_fwd(out_ptr, stats_ptr, w_ptr, tab_ptr, const_ptr, C, HW, NC
     n = (pid // C).to(tl.int64)
     c = (pid % C).to(tl.int64)
     offs = tl.arange(0, BLOCK)
-    eps = tl.load(const_ptr)  # (eps, slope) in the accumulation dtype: float64 runs get exact constants
-    slope = tl.load(const_ptr + 1)
+    eps = tl.load(const_ptr).to(ACC)  # (eps, slope) travel as float64: float64 runs get exact constants
+    slope = tl.load(const_ptr + 1).to(ACC)
     # pass 1: per-plane statistics of every normalised candidate
     for k in tl.static_range(K):
         _stats(tab_ptr, stats_ptr, n, c, pid, NC, HW, eps, offs, k, (FLAGS >> (8 * k)) & 255, DTYPE, ACC, BLOCK)
@@ -223,7 +225,7 @@ def _mixed_epilogue_bwd(g_ptr, stats_ptr, w_ptr, tab_ptr, const_ptr, gw_ptr, gga
     n = (pid // C).to(tl.int64)
     c = (pid % C).to(tl.int64)
     offs = tl.arange(0, BLOCK)
-    slope = tl.load(const_ptr + 1)
+    slope = tl.load(const_ptr + 1).to(ACC)
     gp = g_ptr + pid.to(tl.int64) * HW
     for k in tl.static_range(K):
         _bwd_candidate(gp, stats_ptr, w_ptr, tab_ptr, gw_ptr, ggamma_ptr, gbeta_ptr, n, c, pid, NC, HW, slope, offs,
@@ -273,36 +275,51 @@ def _check(xs, params, spec, channels: int) -> tuple[int, int, int, int]:
     return k, n, h * w, channels
 
 
-def _flags_and_table(xs, params, spec, channels, grads_x=None) -> tuple[int, torch.Tensor]:
-    """The packed per-candidate flags and the int64 pointer table (on the inputs' device)."""
+def _f64_bits(x: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", x))[0]
+
+
+def _flags_and_table(xs, params, spec, channels, eps: float, slope: float, grads_x=None
+                     ) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(packed per-candidate flags, int64 pointer table (K, ROW), float64 (eps, slope)), both on the inputs'
+    device. Built as one host list and sent in one copy that does not wait for the device (pinned memory,
+    non-blocking): a blocking copy would drain the GPU's queue on every call, and the host could no longer
+    run ahead of the kernels."""
     k = len(spec) // 5
     hw = xs[0].shape[2] * xs[0].shape[3]
-    table = torch.zeros(k, ROW, dtype=torch.int64)
+    tab = [0] * (k * ROW + 2)
     flags, written = 0, set()
     for j in range(k):
         zi, si, ai, norm, act = spec[5 * j: 5 * j + 5]
+        r = j * ROW
         z = xs[zi]
         code = (NORM if norm else 0) | (act << ACT_SHIFT)
-        table[j, _Z], table[j, _Z_SN], table[j, _Z_SC], table[j, _Z_C] = z.data_ptr(), z.stride(0), z.stride(1), z.shape[1]
+        tab[r + _Z], tab[r + _Z_SN], tab[r + _Z_SC], tab[r + _Z_C] = z.data_ptr(), z.stride(0), z.stride(1), z.shape[1]
         if grads_x is not None:
             gz = grads_x[zi]
-            table[j, _DZ], table[j, _DZ_SN] = gz.data_ptr(), gz.shape[1] * hw
+            tab[r + _DZ], tab[r + _DZ_SN] = gz.data_ptr(), gz.shape[1] * hw
             code |= ACC_Z if zi in written else 0
             written.add(zi)
         if si >= 0:
             s = xs[si]
             code |= SHORTCUT
-            table[j, _S], table[j, _S_SN], table[j, _S_SC] = s.data_ptr(), s.stride(0), s.stride(1)
+            tab[r + _S], tab[r + _S_SN], tab[r + _S_SC] = s.data_ptr(), s.stride(0), s.stride(1)
             if grads_x is not None:
                 gs = grads_x[si]
-                table[j, _DS], table[j, _DS_SN] = gs.data_ptr(), gs.shape[1] * hw
+                tab[r + _DS], tab[r + _DS_SN] = gs.data_ptr(), gs.shape[1] * hw
                 code |= ACC_S if si in written else 0
                 written.add(si)
         if ai >= 0:
             code |= AFFINE
-            table[j, _G], table[j, _B] = params[ai].data_ptr(), params[ai + 1].data_ptr()
+            tab[r + _G], tab[r + _B] = params[ai].data_ptr(), params[ai + 1].data_ptr()
         flags |= code << (BITS * j)
-    return flags, table.to(xs[0].device)
+    tab[k * ROW], tab[k * ROW + 1] = _f64_bits(eps), _f64_bits(slope)
+    host = torch.tensor(tab, dtype=torch.int64)
+    dev = xs[0].device
+    if dev.type == "cuda":
+        host = host.pin_memory()  # the caching host allocator keeps it until the copy has run
+    both = host.to(dev, non_blocking=True)
+    return flags, both[: k * ROW].view(k, ROW), both[k * ROW:].view(torch.float64)
 
 
 def epilogue_forward(weights: torch.Tensor, xs: list[torch.Tensor], params: list[torch.Tensor], spec: list[int],
@@ -317,10 +334,9 @@ def epilogue_forward(weights: torch.Tensor, xs: list[torch.Tensor], params: list
     stats = torch.zeros((k, n, c, 2), dtype=acc, device=dev)
     if out.numel() == 0:
         return out, stats
-    flags, table = _flags_and_table(xs, params, spec, c)
+    flags, table, consts = _flags_and_table(xs, params, spec, c, eps, slope)
     w = weights.detach().to(device=dev, dtype=acc).contiguous()
     block, warps = _block(hw, dev)
-    consts = torch.tensor([eps, slope], dtype=acc, device=dev)
     _mixed_epilogue_fwd[(n * c,)](out, stats, w, table, consts, c, hw, n * c,
                                   K=k, FLAGS=flags, DTYPE=_TL_DTYPES[dt], ACC=_TL_DTYPES[acc], BLOCK=block,
                                   num_warps=warps)
@@ -341,11 +357,10 @@ def epilogue_backward(grad: torch.Tensor, weights: torch.Tensor, xs: list[torch.
     part_gamma = torch.zeros((k, n, c), dtype=acc, device=dev)
     part_beta = torch.zeros((k, n, c), dtype=acc, device=dev)
     if n * c > 0 and hw > 0:
-        flags, table = _flags_and_table(xs, params, spec, c, grads_x)
+        flags, table, consts = _flags_and_table(xs, params, spec, c, eps, slope, grads_x)
         w = weights.detach().to(device=dev, dtype=acc).contiguous()
         g = grad.to(dt).contiguous()
         block, warps = _block(hw, dev)
-        consts = torch.tensor([eps, slope], dtype=acc, device=dev)
         _mixed_epilogue_bwd[(n * c,)](g, stats.contiguous(), w, table, consts, part_w, part_gamma, part_beta, c, hw,
                                       n * c, K=k, FLAGS=flags, DTYPE=_TL_DTYPES[dt], ACC=_TL_DTYPES[acc],
                                       BLOCK=block, num_warps=warps)

@@ -73,7 +73,7 @@ if want tests; then
   run_pytest test_kernels "${T_TEST_TRITON:-180}" tests/test_kernels.py
   wait_build
   step "CUDA block tests"
-  run_pytest test_csrc_cuda "${T_TEST_CUDA:-180}" tests/test_csrc_cuda.py tests/test_csrc_blocks.py -k cuda
+  run_pytest test_csrc_cuda "${T_TEST_CUDA:-180}" tests/test_csrc_cuda.py tests/test_csrc_blocks.py -k "cuda and not sources_compile"
 fi
 wait_build
 
@@ -82,6 +82,24 @@ if want bench; then
   timeout "${T_BENCH_TRITON:-300}" $py -m agd bench kernels --suite triton --dtypes float32 \
     --json "$out/bench_triton_f32.json" >"$logs/bench_triton_f32.log" 2>&1
   note "bench triton float32: exit $?"
+  step "profile: one fused forward + backward (translation b4 K5, float32), host and device"
+  timeout 60 $py - >"$logs/profile_fused.txt" 2>&1 <<'EOF'
+import torch
+from torch.profiler import ProfilerActivity, profile
+from agd.kernels import bench as kb
+w = kb.Workload("translation b4 K5", "translation", 4, 256, 64, 5)
+wts, leaves, build = kb.make_inputs(w, torch.float32, "cuda")
+run = kb.fwd_bwd("fused", wts, leaves, build, w.channels)
+for _ in range(5):
+    run()
+torch.cuda.synchronize()
+with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    for _ in range(10):
+        run()
+    torch.cuda.synchronize()
+print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=60))
+EOF
+  grep -E "Self CPU time total|Self CUDA time total" "$logs/profile_fused.txt" | tee -a "$summary"
   step "bench: csrc suite (agd's CUDA ops against cuDNN / eager)"
   timeout "${T_BENCH_CSRC:-150}" $py -m agd bench kernels --suite csrc --no-compile-rows --json "$out/bench_csrc.json" \
     >"$logs/bench_csrc.log" 2>&1
@@ -137,12 +155,16 @@ rows = json.load(open(sys.argv[1]))
 print("---", sys.argv[1].rsplit("/", 1)[-1])
 for r in rows:
     if "fused_ms" in r:
-        print(f"{r['workload']:>20} {r['dtype']:>8}: eager {r['eager_ms']:.3f} compile {r['compile_ms']:.3f} fused "
-              f"{r['fused_ms']:.3f} ms, {r['fused_gbs']:.0f} GB/s = {r['of_copy']:.0%} of copy, "
-              f"x{r['eager_over_fused']:.2f} eager, x{r['compile_over_fused']:.2f} compile")
+        print(f"{r['workload']:>18} {r['dtype'][:4]}: wall e/c/f {r['eager_ms']:.3f} {r['compile_ms']:.3f} "
+              f"{r['fused_ms']:.3f} ms x{r['eager_over_fused']:.2f} x{r['compile_over_fused']:.2f}", end="")
+        if "fused_gpu_ms" in r:
+            print(f" | gpu e/c/f {r['eager_gpu_ms']:.3f} {r['compile_gpu_ms']:.3f} {r['fused_gpu_ms']:.3f} ms "
+                  f"x{r['eager_over_fused_gpu']:.2f} x{r['compile_over_fused_gpu']:.2f} {r['of_copy_gpu']:.0%} of copy", end="")
+        print()
     elif "peak_mib" in r:
         peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f} MiB"
-        print(f"{r['workload']} epilogue {r['epilogue']}: {r['ms']:.2f} ms, peak {peak}")
+        gpu = "" if r.get("gpu_ms") is None else f", gpu {r['gpu_ms']:.2f} ms"
+        print(f"{r['workload']} epilogue {r['epilogue']}: {r['ms']:.2f} ms{gpu}, peak {peak}")
     else:
         print(f"{r['op'][:22]:>22} {r['shape'][:46]:<46} {r['backend']:>7}: {r['median_ms']:.4f} ms x{r['ratio']:.2f}")
 EOF
