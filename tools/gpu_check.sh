@@ -11,7 +11,7 @@
 #            apache-tvm, apache-tvm-ffi and xgboost importable (TVM_WHEELS=DIR: pip-install the wheels in DIR)
 # Default stages: install tests bench. Env: PYTHON (python3), AGD_GENOTYPE (examples/translation_r9_small.json),
 # and time caps in seconds per step (each step is killed at its cap, its partial log kept): T_TEST_TRITON,
-# T_TEST_CUDA, T_BENCH_TRITON, T_BENCH_CSRC, T_BENCH_BF16, T_TVM_TESTS, T_TVM_TUNE, T_TVM_MEASURE, T_TVM_COMPILE;
+# T_TEST_CUDA, T_BENCH_TRITON, T_BENCH_CSRC, T_PROFILE, T_BENCH_BF16, T_TVM_TESTS, T_TVM_TUNE, T_TVM_MEASURE, T_TVM_COMPILE;
 # TVM_TRIALS (the tuning budget, 2000: the time cap usually ends it first).
 # OUT_DIR gets summary.txt, the benchmarks' JSON and logs.tgz (every log): few files, for machines that
 # return only a handful.
@@ -28,7 +28,10 @@ export PYTHONUNBUFFERED=1
 summary="$out/summary.txt"
 : >"$summary"
 step() { echo "== $(date +%T) $*"; }
-note() { echo "$*" | tee -a "$summary"; }
+note() {  # a line of the summary; the logs so far are packed at once (a run killed later keeps them)
+  echo "$*" | tee -a "$summary"
+  tar czf "$out/logs.tgz" -C "$logs" . 2>/dev/null
+}
 want() { [[ "$stages" == *" $1 "* ]]; }
 
 step "machine"
@@ -82,8 +85,12 @@ if want bench; then
   timeout "${T_BENCH_TRITON:-300}" $py -m agd bench kernels --suite triton --dtypes float32 \
     --json "$out/bench_triton_f32.json" >"$logs/bench_triton_f32.log" 2>&1
   note "bench triton float32: exit $?"
+  step "bench: csrc suite (agd's CUDA ops against cuDNN / eager)"
+  timeout "${T_BENCH_CSRC:-150}" $py -m agd bench kernels --suite csrc --no-compile-rows --json "$out/bench_csrc.json" \
+    >"$logs/bench_csrc.log" 2>&1
+  note "bench csrc: exit $?"
   step "profile: one fused forward + backward (translation b4 K5, float32), host and device"
-  timeout 60 $py - >"$logs/profile_fused.txt" 2>&1 <<'EOF'
+  timeout "${T_PROFILE:-60}" $py - >"$logs/profile_fused.txt" 2>&1 <<'EOF'
 import torch
 from torch.profiler import ProfilerActivity, profile
 from agd.kernels import bench as kb
@@ -99,11 +106,7 @@ with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
     torch.cuda.synchronize()
 print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=60))
 EOF
-  grep -E "Self CPU time total|Self CUDA time total" "$logs/profile_fused.txt" | tee -a "$summary"
-  step "bench: csrc suite (agd's CUDA ops against cuDNN / eager)"
-  timeout "${T_BENCH_CSRC:-150}" $py -m agd bench kernels --suite csrc --no-compile-rows --json "$out/bench_csrc.json" \
-    >"$logs/bench_csrc.log" 2>&1
-  note "bench csrc: exit $?"
+  note "profile: $(grep -E "Self CPU time total|Self CUDA time total" "$logs/profile_fused.txt" | tr '\n' ' ')"
   step "bench: Triton suite, bfloat16, one workload per space"
   timeout "${T_BENCH_BF16:-120}" $py -m agd bench kernels --suite triton --dtypes bfloat16 --quick --no-search-step \
     --json "$out/bench_triton_bf16.json" >"$logs/bench_triton_bf16.log" 2>&1
