@@ -270,14 +270,17 @@ def _search_steps(preset: str, backend: str, steps: int = 1) -> tuple[list[torch
         target = torch.rand_like(sn(x))
     opt_w = torch.optim.Adam(sn.weight_parameters(), lr=1e-3)
     opt_a = torch.optim.Adam(sn.arch_parameters(), lr=3e-2)
+    first_grads = None
     for _ in range(steps):
         for opt in (opt_w, opt_a):
             opt_w.zero_grad()
             opt_a.zero_grad()
             loss = (sn(x) - target).abs().mean()
             loss.backward()
+            if first_grads is None:
+                first_grads = [a.grad.detach().clone() for a in sn.arch_parameters()]
             opt.step()
-    return [a.detach().clone() for a in sn.arch_parameters()], sn.genotype().to_json()
+    return [a.detach().clone() for a in sn.arch_parameters()], sn.genotype().to_json(), first_grads
 
 
 @pytest.fixture
@@ -297,11 +300,22 @@ def test_supernet_search_steps_kernel_vs_reference(preset, monkeypatch, no_tf32)
     calls = []
     real = kmod.epilogue_forward
     monkeypatch.setattr(kmod, "epilogue_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
-    arch_k, geno_k = _search_steps(preset, "triton")
+    arch_k, geno_k, grads_k = _search_steps(preset, "triton")
     assert calls, "the fused kernel was not used"
-    arch_r, geno_r = _search_steps(preset, "eager")
-    for a, b in zip(arch_k, arch_r):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    arch_r, geno_r, grads_r = _search_steps(preset, "eager")
+    top = max(g.abs().max().item() for g in grads_r)
+    for gk, gr in zip(grads_k, grads_r):  # the arch gradients agree to float32 rounding at their scale
+        torch.testing.assert_close(gk, gr, rtol=1e-3, atol=1e-5 * top)
+    # Adam's first steps move each alpha by about lr * g / (|g| + 1e-8): where g is rounding noise (translation-
+    # tiny has alphas with |g| ~ 6e-8, sums of terms ~1e-3 that cancel) that ratio is noise too, so no two
+    # float32 implementations agree on it (3.4e-4 apart on an H200; 2e-5 between two eager formulas on a CPU):
+    # compare the alphas whose gradient is resolvable
+    compared = 0
+    for a, b, g in zip(arch_k, arch_r, grads_r):
+        if g.abs().max().item() > 1e-3 * top:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+            compared += 1
+    assert compared >= len(arch_r) // 2
     assert geno_k == geno_r
     moved = max(a.abs().max().item() for a in arch_r)
     assert moved > 1e-3  # the arch steps did change alpha/beta

@@ -240,7 +240,17 @@ def test_cuda_codegen_builds_without_a_gpu(tmp_path):
                     torch.rand(1, 3, 8, 8))
     ex = build(prog.mod, spec)
     lib = export_library(ex, spec, tmp_path / "m.so")
-    assert b"__global__" in lib.read_bytes()  # the CUDA kernels' source is embedded, compiled on load
+    import importlib.util
+
+    try:
+        nvrtc = importlib.util.find_spec("cuda.bindings.nvrtc") is not None
+    except ModuleNotFoundError:  # no "cuda" package at all
+        nvrtc = False
+    if not nvrtc:
+        # TVM compiles CUDA at build time through NVRTC (cuda-bindings), as on the H200 machine, and embeds the
+        # binary; without it (this CPU machine) it embeds the kernels' source, compiled when the library loads
+        assert b"__global__" in lib.read_bytes()
+    assert lib.stat().st_size > 0
 
 
 # ------------------------------------------------------------------------------------------ RPC

@@ -57,7 +57,7 @@ wait_build() {
     build_pid=""
     note "C++/CUDA build: $(tail -n 1 "$logs/build.log"), $(ls agd/_C*.so 2>/dev/null | tr '\n' ' ')"
     grep -E "error|Error" "$logs/build.log" | head -n 10
-    $py -m agd info >"$logs/info.txt" 2>&1
+    $py -X faulthandler -m agd info >"$logs/info.txt" 2>&1  # it segfaulted once there: keep the stack
     grep -i -E "cuda|triton|c\+\+|blocks" "$logs/info.txt" | head -n 12 | tee -a "$summary"
   fi
 }

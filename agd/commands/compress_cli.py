@@ -70,7 +70,8 @@ def eval_cmd(
     max_side: Optional[int] = typer.Option(None, help="Downscale images so the longest side is at most this."),
     inception: Optional[Path] = typer.Option(None, help="pt_inception-2015-12-05-6726825d.pth for FID."),
     device: str = typer.Option("cpu", help="torch device."),
-    backend: str = typer.Option("torch", help="torch (standard ops), or cpp / cuda (agd's fused blocks, see agd info)."),
+    backend: str = typer.Option("torch", help="torch (standard ops), or cpp / cuda (agd's fused blocks, see agd info; "
+                                "cuda measured slower than cuDNN on an H200, BENCHMARKS.md)."),
 ) -> None:
     """PSNR/SSIM to the ground truth (SR) and to the teacher, FID, MACs, params, latency, side-by-side images."""
     from agd.commands.pipeline import run_eval_job
