@@ -45,7 +45,8 @@ def test_resolve_targets():
     arm = resolve_target("arm64")
     assert arm.tvm_target["mtriple"] == "aarch64-linux-gnu" and "+neon" in arm.tvm_target["mattr"]
     cuda = resolve_target("cuda", cuda_arch="sm_90")
-    assert cuda.tvm_target == {"kind": "cuda", "arch": "sm_90"} and cuda.host == {"kind": "llvm"}
+    assert cuda.tvm_target["kind"] == "cuda" and cuda.tvm_target["arch"] == "sm_90" and cuda.host == {"kind": "llvm"}
+    assert cuda.tvm_target["max_shared_memory_per_block"] > 0  # the limits GPU schedules read (test_tuning.py)
     rpc = resolve_target("rpc://127.0.0.1:9190/rk3399")
     assert rpc.rpc == ("127.0.0.1", 9190, "rk3399")
     with pytest.raises(AgdError, match="unknown target 'riscv'"):

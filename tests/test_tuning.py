@@ -351,6 +351,20 @@ def test_latency_table_times_with_its_own_settings(x86, monkeypatch):
     assert seen[0] == mine and seen[1].number == 1 and seen[1] != TimingConfig()
 
 
+def test_latency_table_tunes_with_a_per_task_floor(tmp_path, x86, monkeypatch):
+    """A table built with trials_per_task tunes each configuration with that floor and records it."""
+    import agd.tuning.tune as tune_module
+    from agd.tuning.latency_table import LatencyTable, TableBuildConfig, build_table
+
+    seen = []
+    monkeypatch.setattr(tune_module, "tune", lambda mod, spec, db, cfg: seen.append(cfg))
+    table = LatencyTable(x86.name, x86.tvm_target)
+    sp = SearchSpace(get_config("sr-tiny"))
+    build_table(table, sp, x86, (8, 8), TableBuildConfig(trials_per_task=6, database=tmp_path / "db"), limit=1)
+    assert len(seen) == 1 and seen[0].trials_per_task == 6 and seen[0].trials == 0 and seen[0].trials_per_iter == 6
+    assert table.provenance["runs"][-1]["trials_per_task"] == 6
+
+
 def test_latency_table_will_not_mix_entries_of_another_export(tmp_path, x86):
     """Entries measured with other export rewrites (an older agd) are not topped up with new ones."""
     from agd.tuning.latency_table import LatencyTable, TableBuildConfig, build_table
@@ -505,6 +519,30 @@ def test_one_run_shares_what_the_tasks_lack_under_the_gradient_scheduler(tmp_pat
     # a budget smaller than a round per task: rounds shrink so that the first round reaches every task
     tune(prog.mod, x86, tmp_path / "small", TuneConfig(trials=8, trials_per_iter=16))
     assert calls[2]["num_trials_per_iter"] * len(calls[2]["tasks"]) <= calls[2]["max_trials_global"]
+
+
+def test_trials_per_task_gives_every_task_its_floor(tmp_path, x86, monkeypatch):
+    """--trials-per-task: the budget grows with the network's tasks and every task's share is at least the
+    floor, whatever the per-network trials say (tune_tasks stubbed: this checks the budget)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from agd.tuning.export import to_relax
+    from agd.tuning.tune import TuneConfig, budget_for, read_ledger, tune
+
+    import agd.tuning.tune as tune_module
+
+    assert budget_for(TuneConfig(trials=64), 22) == (64, 16)
+    assert budget_for(TuneConfig(trials=64, trials_per_task=16), 22) == (352, 16)
+    assert budget_for(TuneConfig(trials=500, trials_per_task=16), 22) == (500, 16)
+    assert budget_for(TuneConfig(trials=0, trials_per_task=8), 3) == (24, 8)
+    calls: list[dict] = []
+    monkeypatch.setattr(ms.tune, "tune_tasks", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(tune_module, "_records_per_workload", lambda db, ts: [1 if calls else 0] * len(ts))
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
+    prog = to_relax(m.eval(), torch.rand(1, 3, 16, 16))
+    rep = tune(prog.mod, x86, tmp_path / "db", TuneConfig(trials=0, trials_per_task=12))
+    assert rep.tasks >= 2 and calls[0]["max_trials_global"] == 12 * rep.tasks
+    assert sorted(read_ledger(tmp_path / "db").values()) == [12] * rep.tasks
 
 
 def test_tasks_whose_candidates_all_failed_are_retried_and_left_out_of_the_ledger(tmp_path, x86, monkeypatch):

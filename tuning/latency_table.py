@@ -163,6 +163,7 @@ TABLE_TIMING = TimingConfig(number=1, repeat=5, min_repeat_ms=50, warmup=1)
 @dataclass(frozen=True)
 class TableBuildConfig:
     trials: int = 0  # MetaSchedule trials per configuration (0: untuned default schedules)
+    trials_per_task: int = 0  # and at least this many for every task of each configuration (0: no floor)
     database: Path | None = None
     overhead_networks: int = 4  # random genotypes (seeded, + the largest) measured for the overhead term
     batch: int = 1
@@ -173,7 +174,7 @@ class TableBuildConfig:
 
 def time_module(model: torch.nn.Module, spec: Any, shape: tuple[int, ...], cfg: TableBuildConfig,
                 session: Any = None, timing: Any = None) -> float:
-    """Median ms of ``model`` compiled for ``spec`` (tuned first when cfg.trials > 0)."""
+    """Median ms of ``model`` compiled for ``spec`` (tuned first when cfg.trials or cfg.trials_per_task > 0)."""
     from agd.tuning.build import build
     from agd.tuning.export import to_relax
     from agd.tuning.measure import CompiledModel
@@ -181,10 +182,11 @@ def time_module(model: torch.nn.Module, spec: Any, shape: tuple[int, ...], cfg: 
 
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     prog = to_relax(model.eval(), x)
-    if cfg.trials > 0:
+    if cfg.trials > 0 or cfg.trials_per_task > 0:
         if cfg.database is None:
             raise AgdError("latency table: tuning (trials > 0) needs a database folder")
-        tune(prog.mod, spec, cfg.database, TuneConfig(trials=cfg.trials, trials_per_iter=min(16, cfg.trials)))
+        tune(prog.mod, spec, cfg.database, TuneConfig(trials=cfg.trials, trials_per_task=cfg.trials_per_task,
+                                                      trials_per_iter=min(16, max(cfg.trials, cfg.trials_per_task))))
     use_db = cfg.database is not None and database_records(cfg.database) > 0
     ex = build(prog.mod, spec, cfg.database if use_db else None)
     cm = CompiledModel(ex, prog.params, spec, session=session)
@@ -208,6 +210,7 @@ def build_table(table: LatencyTable, space: Any, spec: Any, hw: tuple[int, int] 
                        "the timings are not comparable: build a new table")
     table.provenance.setdefault("runs", []).append({
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "trials_per_configuration": cfg.trials,
+        "trials_per_task": cfg.trials_per_task,
         "database": str(cfg.database) if cfg.database else None, "tvm": tvm.__version__,
         "emulated": cfg.emulated, "timing": asdict(cfg.timing), "export_rewrites": list(REWRITES)})
     todo = [c for c in table.missing(space, hw, cfg.batch) if c[2] != "identity"]

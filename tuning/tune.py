@@ -54,6 +54,19 @@ class TuneConfig:
     # rest keeping default schedules); empty: every task
     task_filter: tuple[str, ...] = ()
     retries: int = 2  # further rounds for tasks whose every candidate failed (then: the next run)
+    # at least this many trials for every task: the budget grows to trials_per_task x tasks where ``trials``
+    # is smaller, and the floor becomes this (0: ``trials`` and ``min_trials_per_task`` alone decide)
+    trials_per_task: int = 0
+
+
+def budget_for(config: TuneConfig, n_tasks: int) -> tuple[int, int]:
+    """(trials, per-task floor) of a run over ``n_tasks`` tasks: ``trials_per_task`` raises both, so a
+    network of 22 tasks gets 22 times the trials of one with a single task (a latency table whose
+    configurations differ that much in tasks needs that: a budget per network leaves big ones at a trial
+    or two per task, whose schedules are chance)."""
+    if config.trials_per_task > 0:
+        return max(config.trials, config.trials_per_task * n_tasks), config.trials_per_task
+    return config.trials, config.min_trials_per_task
 
 
 @dataclass
@@ -280,13 +293,14 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
              if not config.task_filter or any(k in t.task_name for k in config.task_filter)]
     db = ms.database.JSONDatabase(work_dir=str(work_dir))
     before = database_records(work_dir)
-    alloc = allocate_trials(tasks, config.trials, config.min_trials_per_task)
+    trials, floor = budget_for(config, len(tasks))
+    alloc = allocate_trials(tasks, trials, floor)
     ledger = read_ledger(work_dir)
     keys = [_workload_key(t) for t in tasks]
     records = _records_per_workload(db, tasks)  # measured schedules (failed candidates are not counted)
     # a task without one builds with TVM's default schedule whatever the ledger says: it lacks its share
     counts = [max(n, ledger.get(k, 0)) if n > 0 else 0 for n, k in zip(records, keys)]
-    left = trials_left(alloc, counts) if config.trials > 0 else [0] * len(tasks)
+    left = trials_left(alloc, counts) if trials > 0 else [0] * len(tasks)
     # least-tuned first: the scheduler's first round goes in this order, so a small remainder of the
     # budget (a resumed run) reaches the tasks that lack the most
     todo = sorted((i for i in range(len(tasks)) if left[i] > 0), key=lambda i: counts[i] - alloc[i])

@@ -122,7 +122,9 @@ def kernels(
     if threads is not None:
         torch.set_num_threads(threads)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    typer.echo(f"device {device}, {torch.get_num_threads()} intra-op threads; eager and agd calls alternate")
+    how = ("eager and agd calls alternate" if torch.device(device).type == "cpu"
+           else "timed with triton.testing.do_bench, GPU time from torch.profiler")
+    typer.echo(f"device {device}, {torch.get_num_threads()} intra-op threads; {how}")
     rows = collect(suite, device, quick, dtypes, search_step, compile_rows, progress=True)
     if torch.device(device).type == "cpu" and suite != "csrc":
         typer.echo("note: CPU run: a check that the benchmark works; the Triton kernels are not timed here "

@@ -6,8 +6,9 @@
 functions, oneDNN on CPU, cuDNN on GPU), "agd" (the compiled agd op, or the converted student, see
 :mod:`agd.space.fast`), "compile" (torch.compile of the eager module; by default in the full suite only,
 since compiling takes tens of seconds per module on a small CPU). On a GPU every row is timed with
-``triton.testing.do_bench`` (CUDA events), on the CPU with interleaved wall-clock calls. Shapes are those of real derived genotypes at batch
-1: the translation body at 64x64 (a 256x256 input), the SR cells at a 64x64 LR input.
+``triton.testing.do_bench`` (CUDA events), on the CPU with interleaved wall-clock calls. Shapes are
+those of real derived genotypes at batch 1: the translation body at 64x64 (a 256x256 input), the SR
+cells at a 64x64 LR input.
 
 Nothing is printed or written here; the ``agd bench kernels --suite csrc`` command formats the rows.
 """

@@ -142,6 +142,9 @@ def latency_table_build(
                                "configuration holds 4-22 tasks (a Winograd residual block the most); with a trial "
                                "or two per task its schedules are chance and entries of neighbouring widths differ "
                                "by 100x and more (BENCHMARKS.md)."),
+    trials_per_task: int = typer.Option(0, min=0, help="And at least this many trials for every task of each "
+                                        "configuration (the budget grows with the tasks; about 16 for a usable "
+                                        "table, BENCHMARKS.md)."),
     database: Optional[Path] = typer.Option(None, help="Tuning database (default tvm-db/<target>)."),
     overhead_networks: int = typer.Option(4, min=1, help="Random networks measured for the overhead term."),
     limit: Optional[int] = typer.Option(None, min=1, help="Measure at most this many configurations this run."),
@@ -162,7 +165,7 @@ def latency_table_build(
         table = LatencyTable(spec.name, spec.tvm_target)
     sp = _space(space)
     hw = parse_size(size)
-    cfg = TableBuildConfig(trials=trials, database=database or default_database(spec.name),
+    cfg = TableBuildConfig(trials=trials, trials_per_task=trials_per_task, database=database or default_database(spec.name),
                            overhead_networks=overhead_networks, emulated=emulated)
     build_table(table, sp, spec, hw, cfg, path=output, progress=_echo, session=session, limit=limit)
     left = len([c for c in table.missing(sp, hw) if c[2] != "identity"])
@@ -178,6 +181,7 @@ def latency_table_validate(
     size: Optional[str] = typer.Option(None, help="Input HxW (default: the space's reference size)."),
     n: int = typer.Option(30, "-n", min=2, help="Random derived generators to measure."),
     trials: int = typer.Option(0, min=0, help="Tune each network first (use the table's trials)."),
+    trials_per_task: int = typer.Option(0, min=0, help="And at least this many trials for every task of each network."),
     database: Optional[Path] = typer.Option(None, help="Tuning database (default tvm-db/<target>)."),
     seed: int = typer.Option(7, help="Seed of the random genotypes."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
@@ -192,7 +196,7 @@ def latency_table_validate(
     if table.target != spec.name:
         raise AgdError(f"latency table {table_path}: it is for target {table.target}, not {spec.name}")
     session = device_for(spec, "validating a latency table")
-    cfg = TableBuildConfig(trials=trials, database=database or default_database(spec.name))
+    cfg = TableBuildConfig(trials=trials, trials_per_task=trials_per_task, database=database or default_database(spec.name))
     with _stdout_to_stderr(as_json):
         rep = validate_table(table, _space(space), spec, parse_size(size), cfg, n=n, seed=seed, session=session,
                              progress=None if as_json else _echo)
