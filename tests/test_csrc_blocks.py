@@ -19,6 +19,7 @@ from agd.space import Genotype, SearchSpace, derive, get_config
 from agd.space.blocks import DwsBlock, Style
 from agd.space import fast as fast_mod
 from agd.space.fast import available_backends, convert, converted_blocks
+from blocks_reference import dws_args as _dws_args, epilogue_reference as _epilogue64, gen as _gen
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,6 @@ def cuda_dev() -> torch.device:
     return torch.device("cuda")
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------- dwconv3x3
@@ -99,17 +98,6 @@ def test_dwconv_rejects_bad_args():
 
 
 # ----------------------------------------------------------------------------- norm_act_residual
-def _epilogue64(y, s, w, b, norm, act, slope=0.2, eps=1e-5):
-    z = F.instance_norm(y, eps=eps) if norm else y
-    if w is not None:
-        z = z * w.reshape(1, -1, 1, 1)
-    if b is not None:
-        z = z + b.reshape(1, -1, 1, 1)
-    if s is not None:
-        z = z + s
-    return {0: lambda t: t, 1: torch.relu, 2: lambda t: F.leaky_relu(t, slope), 3: torch.tanh}[act](z)
-
-
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("norm", [True, False])
 @pytest.mark.parametrize("shortcut", [True, False])
@@ -210,19 +198,6 @@ def test_epilogue_opcheck_both_layouts(cpp):
 
 
 # ----------------------------------------------------------------------------- dws_block
-def _dws_args(cin, cout, hid, seed, affine):
-    g = _gen(seed)
-    we = torch.randn(hid, cin, 1, 1, generator=g) / cin**0.5
-    wd = torch.randn(hid, 1, 3, 3, generator=g) / 3
-    wp = torch.randn(cout, hid, 1, 1, generator=g) / hid**0.5
-    ws = torch.randn(cout, cin, 1, 1, generator=g) / cin**0.5 if cin != cout else None
-    aff = []
-    if affine:
-        for c in (hid, hid, cout, cout):
-            aff += [1 + 0.3 * torch.randn(c, generator=g), 0.3 * torch.randn(c, generator=g)]
-    return we, wd, wp, ws, aff
-
-
 @pytest.mark.parametrize("norm,reflect,act", [(True, True, 1), (True, False, 2), (False, False, 2), (False, True, 1)])
 @pytest.mark.parametrize("cin,cout,h,w", [(5, 5, 13, 7), (6, 9, 4, 11), (3, 3, 2, 2), (7, 4, 23, 5)])
 @pytest.mark.parametrize("affine", [False, True])

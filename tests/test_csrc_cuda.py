@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from agd import ops
+from agd.backends import exact_float32
 from agd.space import Genotype, SearchSpace, derive, get_config
 from agd.space.fast import convert, converted_blocks
+from blocks_reference import dws_args as _dws_args, epilogue_reference as _epilogue, gen as _gen
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -40,14 +42,10 @@ def dev() -> torch.device:
 @pytest.fixture
 def no_tf32():
     """Plain float32 convolutions and matmuls on the GPU (cuDNN's default TF32 errs ~1e-3)."""
-    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+    with exact_float32():
+        yield
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _err(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -122,17 +120,6 @@ def test_dwconv3x3_cuda_gradcheck(dev):
 
 
 # ----------------------------------------------------------------------------- norm_act_residual
-def _epilogue(y, s, w, b, norm, act, slope=0.2, eps=1e-5):
-    z = F.instance_norm(y, eps=eps) if norm else y
-    if w is not None:
-        z = z * w.reshape(1, -1, 1, 1)
-    if b is not None:
-        z = z + b.reshape(1, -1, 1, 1)
-    if s is not None:
-        z = z + s
-    return {0: lambda t: t, 1: torch.relu, 2: lambda t: F.leaky_relu(t, slope), 3: torch.tanh}[act](z)
-
-
 EPI_SHAPES = [(1, 33, 17, 15), (2, 7, 2, 1), (1, 130, 9, 70), (1, 1, 5, 5), (4, 256, 64, 64), (16, 64, 32, 32)]
 
 
@@ -189,19 +176,6 @@ def test_norm_act_residual_cuda_opcheck(dev):
 
 
 # ----------------------------------------------------------------------------- dws_block
-def _dws_args(cin, cout, hid, seed, affine):
-    g = _gen(seed)
-    we = torch.randn(hid, cin, 1, 1, generator=g) / cin**0.5
-    wd = torch.randn(hid, 1, 3, 3, generator=g) / 3
-    wp = torch.randn(cout, hid, 1, 1, generator=g) / hid**0.5
-    ws = torch.randn(cout, cin, 1, 1, generator=g) / cin**0.5 if cin != cout else None
-    aff = []
-    if affine:
-        for c in (hid, hid, cout, cout):
-            aff += [1 + 0.3 * torch.randn(c, generator=g), 0.3 * torch.randn(c, generator=g)]
-    return we, wd, wp, ws, aff
-
-
 @pytest.mark.parametrize("norm,reflect,act,affine", [(True, True, 1, False), (True, False, 2, True),
                                                      (False, False, 2, False), (False, True, 1, False)])
 @pytest.mark.parametrize("n,cin,cout,h,w", [(2, 5, 5, 13, 7), (1, 6, 9, 4, 11), (1, 3, 3, 2, 2), (2, 7, 4, 23, 5),

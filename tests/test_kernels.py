@@ -287,10 +287,10 @@ def _search_steps(preset: str, backend: str, steps: int = 1) -> tuple[list[torch
 def no_tf32():
     """Plain float32 convolutions on a GPU: cuDNN's default TF32 rounds conv inputs to 10 mantissa bits, which
     turns the epilogues' last-bit differences into 1e-3 ones (seen: alpha 4.4e-4 apart on an H200)."""
-    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+    from agd.backends import exact_float32
+
+    with exact_float32():
+        yield
 
 
 @pytest.mark.parametrize("preset", ["translation-tiny", "sr-tiny"])

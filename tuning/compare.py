@@ -6,7 +6,6 @@ device has finished (synchronized), for every backend alike."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import statistics
@@ -19,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from agd.backends import exact_float32
 from agd.timing import wall_times_ms
 
 BACKENDS = ("eager", "torch.compile", "onnxruntime", "tvm-untuned", "tvm-tuned")
@@ -60,17 +60,6 @@ def device_of(spec: Any) -> str:
     return "cuda" if spec.tvm_target.get("kind") == "cuda" else "cpu"
 
 
-@contextlib.contextmanager
-def _exact_float32():
-    """Plain float32 arithmetic for the reference output (cuDNN's default TF32 convolutions err ~1e-3)."""
-    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
-
-
 def _torch_note(device: str) -> str:
     if device != "cuda":
         return ""
@@ -93,7 +82,7 @@ def compare(model: torch.nn.Module, x: torch.Tensor, spec: Any, config: CompareC
     if config.threads:
         torch.set_num_threads(config.threads)
     xd = x.to(device)
-    with torch.no_grad(), _exact_float32():
+    with torch.no_grad(), exact_float32():
         ref = on_device(xd).cpu().numpy().astype(np.float64)
     xn = x.numpy()
     rows: list[dict[str, Any]] = []
