@@ -275,9 +275,10 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
     The tasks that still lack trials of their share (:func:`allocate_trials`, :func:`trials_left`) are
     tuned together, for the sum of what they lack, under MetaSchedule's gradient-based task scheduler: one
     round for each task (``trials_per_iter``, fewer when the budget is small: :func:`round_size`), then
-    each round goes to the task whose weighted latency is falling fastest. The share decides which tasks need tuning and how much the run spends, the
-    measurements decide where the trials go: a body convolution plateaus within about 64 trials while a
-    stride-2 or 1x1 one keeps improving past 192 (BENCHMARKS.md), which a split by arithmetic cannot know.
+    each round goes to the task whose weighted latency is falling fastest. The share decides which tasks
+    need tuning and how much the run spends, the measurements decide where the trials go: a body
+    convolution plateaus within about 64 trials while a stride-2 or 1x1 one keeps improving past 192
+    (BENCHMARKS.md), which a split by arithmetic cannot know.
 
     ``runner`` defaults to a local runner (the build machine is the target); for RPC targets pass
     :func:`agd.tuning.measure.rpc_runner`'s result."""
