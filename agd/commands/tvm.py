@@ -106,7 +106,7 @@ def latency_measure(
     cfg = CompareConfig(backends=tuple(b.strip() for b in backends.split(",") if b.strip()), trials=trials,
                         database=database or default_database(target), repeats=repeats, threads=threads)
     with _stdout_to_stderr(as_json):
-        rows = compare(model, x, spec, cfg, progress=None if as_json else _echo)
+        rows = compare(model, x, spec, cfg, progress=_echo)
     if as_json:
         typer.echo(json.dumps({"genotype": str(genotype), "input": list(x.shape), "rows": rows}, indent=1))
         return
@@ -199,7 +199,7 @@ def latency_table_validate(
     cfg = TableBuildConfig(trials=trials, trials_per_task=trials_per_task, database=database or default_database(spec.name))
     with _stdout_to_stderr(as_json):
         rep = validate_table(table, _space(space), spec, parse_size(size), cfg, n=n, seed=seed, session=session,
-                             progress=None if as_json else _echo)
+                             progress=_echo)
     if as_json:
         typer.echo(json.dumps(rep, indent=1))
         return
