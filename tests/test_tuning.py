@@ -689,7 +689,7 @@ def test_compare_on_the_gpu():
 
 
 def test_latency_measure_json_stays_json_while_tuning(tmp_path, capsys):
-    """MetaSchedule logs to stdout while it tunes; with --json that goes to stderr and stdout parses."""
+    """MetaSchedule logs to stdout while it tunes; with --json that and the progress lines go to stderr and stdout parses."""
     from agd.cli import main
 
     gpath = _genotype(tmp_path, "sr-tiny", seed=5)
@@ -698,3 +698,4 @@ def test_latency_measure_json_stays_json_while_tuning(tmp_path, capsys):
     captured = capsys.readouterr()
     rows = json.loads(captured.out)["rows"]
     assert [r["backend"] for r in rows] == ["tvm-tuned"] and rows[0]["ok"], rows
+    assert "tvm-tuned: " in captured.err  # progress still shows, on stderr
