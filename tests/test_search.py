@@ -263,23 +263,67 @@ def test_two_processes_equal_one_with_the_global_batch(tmp_path, tiny_teachers):
     assert alphas and all(torch.allclose(a[k], b[k], atol=1e-5) for k in alphas)
 
 
+def _synthetic_table(space, sizes):
+    """A latency table of ``space`` at each of ``sizes`` (None: the reference size): a per-configuration
+    cost with a fixed per-call part, plus an overhead of 0.25 ms."""
+    from agd.tuning.latency_table import LatencyTable, entry_key, space_key
+
+    table = LatencyTable(target="x86", tvm_target={"kind": "llvm"})
+    for hw in sizes:
+        for i, (spec, size) in enumerate(zip(space.layers, space.input_sizes(hw))):
+            for op in spec.ops:
+                for ci in space.in_choices(i):
+                    for co in spec.widths:
+                        if op != "identity":
+                            table.entries[entry_key(spec, op, ci, co, size)] = 0.02 + space.op_macs(i, op, ci, co, size) / 1e6
+        table.overheads[space_key(space, hw)] = {"ms": 0.25}
+    return table
+
+
+def test_latency_budget_input_size(tmp_path):
+    """The budget is for the input size the table was built at: its one size by default (an SR table is
+    usually built at the deployment tile, not the reference size), --latency-size among several, and a
+    clear error for a size the table lacks."""
+    from agd.search.budget import cost_extremes, latency_budget
+
+    space = SearchSpace(get_config("sr-tiny"))
+    assert space.config.reference_size == (12, 12)
+    one = _synthetic_table(space, [(16, 20)])
+    assert one.sizes(space) == [(16, 20)]
+    assert one.sizes(SearchSpace(get_config("sr-x4"))) == []  # another space's sizes are not this one's
+    path = one.save(tmp_path / "one.json")
+    lo, hi = cost_extremes(space, one.tables(space, (16, 20)))
+    budget, tables = latency_budget(space, f"{0.25 + (lo + hi) / 2}ms", path, "x86")
+    assert budget.size == (16, 20) and budget.overhead == 0.25
+    assert torch.equal(tables[0], one.tables(space, (16, 20))[0])
+    with pytest.raises(AgdError, match=r"configurations of this space at 12x12 are not measured"):
+        latency_budget(space, "1ms", path, "x86", hw=(12, 12))
+
+    two = _synthetic_table(space, [(16, 20), (24, 24)])
+    assert two.sizes(space) == [(16, 20), (24, 24)]
+    path = two.save(tmp_path / "two.json")
+    with pytest.raises(AgdError, match=r"two.json: covers the sr space at 16x20, 24x24; choose the input size "
+                                       r"with --latency-size"):
+        latency_budget(space, "1ms", path, "x86")
+    lo24, hi24 = cost_extremes(space, two.tables(space, (24, 24)))
+    assert lo24 > lo  # more pixels, more milliseconds
+    budget, _ = latency_budget(space, f"{0.25 + (lo24 + hi24) / 2}ms", path, "x86", hw=(24, 24))
+    assert budget.size == (24, 24)
+    with_ref = _synthetic_table(space, [None, (24, 24)])  # the reference size among several is the default
+    lo12, hi12 = cost_extremes(space, with_ref.tables(space))
+    budget, _ = latency_budget(space, f"{0.25 + (lo12 + hi12) / 2}ms", with_ref.save(tmp_path / "ref.json"), "x86")
+    assert budget.size == (12, 12)
+
+
 def test_latency_budget_from_a_table(tmp_path, tiny_teachers, capsys):
     """--latency with a latency table: the derived network's predicted latency is within ±5 % of it.
     The table here is synthetic (a per-configuration cost with a fixed per-call part, plus an overhead);
     measured tables come from `agd latency-table build` (tests/test_tuning.py)."""
     from agd.cli import main
     from agd.search.budget import cost_extremes
-    from agd.tuning.latency_table import LatencyTable, entry_key, space_key
 
     space = SearchSpace(get_config("sr-tiny"))
-    table = LatencyTable(target="x86", tvm_target={"kind": "llvm"})
-    for i, (spec, size) in enumerate(zip(space.layers, space.input_sizes())):
-        for op in spec.ops:
-            for ci in space.in_choices(i):
-                for co in spec.widths:
-                    if op != "identity":
-                        table.entries[entry_key(spec, op, ci, co, size)] = 0.02 + space.op_macs(i, op, ci, co, size) / 1e6
-    table.overheads[space_key(space, None)] = {"ms": 0.25}
+    table = _synthetic_table(space, [None])
     path = table.save(tmp_path / "x86.json")
     lo, hi = cost_extremes(space, table.tables(space))
     budget = 0.25 + (lo + hi) / 2
@@ -296,6 +340,10 @@ def test_latency_budget_from_a_table(tmp_path, tiny_teachers, capsys):
 
     g = Genotype.load(out / "genotype.json")
     assert abs(table.predict(g) / budget - 1) <= 0.05
+    assert RunDir(out).read_config()["budget"]["size"] == [12, 12]  # what --resume reads back
     with pytest.raises(SystemExit):
         main(args[:-6] + ["--target", "arm64", "--out", str(tmp_path / "r2")])
     assert "measured for target 'x86', not 'arm64'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(args + ["--latency-size", "12", "--out", str(tmp_path / "r3")])
+    assert "--latency-size '12': expected HxW" in capsys.readouterr().err

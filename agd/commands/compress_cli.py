@@ -21,6 +21,8 @@ def search_cmd(
     latency: Optional[str] = typer.Option(None, help="Latency budget, e.g. 15ms (needs --latency-table)."),
     latency_table: Optional[Path] = typer.Option(None, help="Latency table JSON (agd latency-table build)."),
     target: Optional[str] = typer.Option(None, help="The target the latency table must be for (x86, arm64, ...)."),
+    latency_size: Optional[str] = typer.Option(None, help="Input HxW the latency budget is for (default: the one "
+                                               "size the table holds for the space, else its reference size)."),
     device: str = typer.Option("cpu", help="torch device."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
     vgg_weights: Optional[Path] = typer.Option(None, help="torchvision VGG16/VGG19 state dict for perceptual losses."),
@@ -33,11 +35,13 @@ def search_cmd(
     """Search an architecture within a budget by distillation from the teacher (torchrun: data parallel)."""
     from agd.commands.pipeline import init_distributed
     from agd.commands.search import SearchJob, run_search_job
+    from agd.commands.tvm import parse_size
 
     init_distributed(device)
     overrides = {"search_steps": steps, "pretrain_steps": pretrain_steps, "seed": seed, "space": space, "batch": batch}
     run_search_job(SearchJob(teacher=teacher, images=images, out=out, preset=preset, macs=macs, ratio=ratio,
                              latency=latency, latency_table=latency_table, target=target,
+                             latency_size=parse_size(latency_size, "--latency-size"),
                              device=device, resume=resume, vgg_weights=vgg_weights,
                              overrides={k: v for k, v in overrides.items() if v is not None}))
 

@@ -22,6 +22,7 @@ class SearchJob:
     latency: str | None = None  # e.g. "15ms", with latency_table (and optionally target)
     latency_table: Path | None = None
     target: str | None = None
+    latency_size: tuple[int, int] | None = None  # the input the latency budget is for (None: from the table)
     device: str = "cpu"
     resume: bool = False
     vgg_weights: Path | None = None
@@ -69,6 +70,7 @@ def run_search_job(job: SearchJob):
         else:
             job.macs, job.latency = None, saved["budget"]["value"]
             job.latency_table, job.target = Path(saved["budget"]["latency_table"]), saved["budget"]["target"]
+            job.latency_size = tuple(saved["budget"]["size"]) if saved["budget"].get("size") else None
     device = torch.device(job.device)
     teacher = load_teacher(job.teacher, device=device)
     space_name = cfg.space or {"translation": "translation", "sr": f"sr-x{teacher.info.scale}"}[teacher.info.task]
@@ -81,7 +83,7 @@ def run_search_job(job: SearchJob):
             raise AgdError("budget: give one of --macs, --ratio and --latency")
         if job.latency_table is None:
             raise AgdError("--latency needs --latency-table (build one with: agd latency-table build --target T)")
-        budget, tables = latency_budget(space, job.latency, job.latency_table, job.target)
+        budget, tables = latency_budget(space, job.latency, job.latency_table, job.target, hw=job.latency_size)
     else:
         teacher_macs = None
         if job.ratio is not None:
@@ -100,13 +102,14 @@ def run_search_job(job: SearchJob):
                           "budget": {"kind": budget.kind, "value": budget.value,
                                      "macs": budget.value if budget.kind == "macs" else None,
                                      "latency_table": str(job.latency_table) if job.latency_table else None,
-                                     "target": job.target},
+                                     "target": job.target, "size": list(budget.size) if budget.size else None},
                           "space": space_name, "search": cfg.to_dict(), "loss": loss.describe()})
     search = Search(cfg, teacher, items, budget, loss, run, device=device, tables=tables, progress=None)
     result = _with_progress(search, job, console)
     if search.rank == 0:
         write_results(run, search, result)
-        cost = f"{result.cost / 1e9:.3f} GMACs" if budget.kind == "macs" else f"{result.cost:.3f} ms predicted"
+        cost = (f"{result.cost / 1e9:.3f} GMACs" if budget.kind == "macs" else
+                f"{result.cost:.3f} ms predicted at {'x'.join(map(str, budget.size))}")
         console.print(f"genotype {run.path / 'genotype.json'}: {cost} ({result.cost / budget.value:.3f} x budget), "
                       f"held-out loss {result.heldout_loss:.5f}", highlight=False)
     return run, search, result

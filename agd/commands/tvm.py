@@ -16,7 +16,7 @@ latency_table_app = typer.Typer(help="Per-target latency tables of a search spac
                                 no_args_is_help=True)
 
 
-def parse_size(size: Optional[str]) -> Optional[tuple[int, int]]:
+def parse_size(size: Optional[str], option: str = "--size") -> Optional[tuple[int, int]]:
     if size is None:
         return None
     try:
@@ -24,7 +24,7 @@ def parse_size(size: Optional[str]) -> Optional[tuple[int, int]]:
         if h <= 0 or w <= 0:
             raise ValueError
     except ValueError:
-        raise AgdError(f"--size {size!r}: expected HxW, e.g. 256x256") from None
+        raise AgdError(f"{option} {size!r}: expected HxW, e.g. 256x256") from None
     return h, w
 
 

@@ -52,6 +52,7 @@ class Budget:
     value: float
     unit: str = "MACs"
     overhead: float = 0.0  # per-network constant (latency tables)
+    size: tuple[int, int] | None = None  # the input (H, W) a latency budget is for (None: the space's reference)
 
     def describe(self) -> str:
         return f"{self.value / 1e9:.3f} GMACs" if self.kind == "macs" else f"{self.value:.3f} ms"
@@ -106,14 +107,16 @@ def cost_extremes(space: SearchSpace, tables: list[torch.Tensor]) -> tuple[float
 def latency_budget(space: SearchSpace, ms: str | float, table_path, target: str | None = None,
                    hw: tuple[int, int] | None = None) -> tuple[Budget, list[torch.Tensor]]:
     """A latency budget from a latency table (``agd latency-table build``): the per-layer tables in ms and
-    the per-network overhead; checked against the space's range under the table."""
+    the per-network overhead; checked against the space's range under the table. ``hw`` is the input size
+    the budget is for; by default the one size the table covers for this space, else the space's
+    reference size."""
     from agd.tuning.latency_table import LatencyTable
 
     value = parse_ms(ms) if isinstance(ms, str) else float(ms)
     table = LatencyTable.load(table_path)
     if target is not None and table.target != target:
         raise AgdError(f"--latency-table {table_path}: was measured for target {table.target!r}, not {target!r}")
-    hw = hw or space.config.reference_size
+    hw = tuple(hw) if hw else _table_size(table, table_path, space)
     tables = table.tables(space, hw)
     overhead = table.overhead(space, hw)
     lo, hi = cost_extremes(space, tables)
@@ -123,7 +126,18 @@ def latency_budget(space: SearchSpace, ms: str | float, table_path, target: str 
     if value > hi + overhead:
         raise AgdError(f"budget {value:.3f} ms is above the slowest network of the {space.kind} space on "
                        f"{table.target} ({hi + overhead:.3f} ms predicted); no search is needed")
-    return Budget("latency", value, "ms", overhead), tables
+    return Budget("latency", value, "ms", overhead, size=hw), tables
+
+
+def _table_size(table, table_path, space: SearchSpace) -> tuple[int, int]:
+    sizes = table.sizes(space)
+    ref = tuple(space.config.reference_size)
+    if len(sizes) == 1:
+        return sizes[0]
+    if not sizes or ref in sizes:
+        return ref  # none: table.tables() names what is missing
+    raise AgdError(f"--latency-table {table_path}: covers the {space.kind} space at "
+                   f"{', '.join('x'.join(map(str, s)) for s in sizes)}; choose the input size with --latency-size")
 
 
 @dataclass
