@@ -98,13 +98,9 @@ class LatencyTable:
 
     def sizes(self, space: Any, batch: int = 1) -> list[tuple[int, int]]:
         """The input sizes (H, W) at which this table is complete for ``space`` (its overhead was measured)."""
-        want = space_key(space, (0, 0), batch)
-        out = []
-        for k in self.overheads:
-            d = json.loads(k)
-            if want == json.dumps({**d, "h": 0, "w": 0}, sort_keys=True, separators=(",", ":")):
-                out.append((int(d["h"]), int(d["w"])))
-        return sorted(out)
+        want = json.loads(space_key(space, (0, 0), batch))
+        keys = [json.loads(k) for k in self.overheads]
+        return sorted((d["h"], d["w"]) for d in keys if {**d, "h": 0, "w": 0} == want)
 
     def missing(self, space: Any, hw: tuple[int, int] | None = None, batch: int = 1) -> list[tuple]:
         return [c for c in self.configurations(space, hw, batch) if c[0] not in self.entries]
