@@ -46,6 +46,8 @@ app.add_typer(latency_app, name="latency")
 app.add_typer(latency_table_app, name="latency-table")
 from agd.commands.bench_deploy import bench_deploy_cmd  # noqa: E402
 bench_app.command("deploy")(bench_deploy_cmd)
+from agd.commands.apply import apply_cmd  # noqa: E402
+app.command("apply")(apply_cmd)
 
 
 def _size(size: Optional[str]) -> Optional[tuple[int, int]]:

@@ -30,14 +30,23 @@ class Student(nn.Module):
         return self.genotype.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.task == "translation":
-            h, w = x.shape[-2:]
-            ph, pw = (-h) % 4, (-w) % 4
-            if ph or pw:
-                x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
-            y = (self.net(x * 2 - 1) + 1) / 2
-            return y[..., :h, :w]
-        return self.net(x)
+        return image_forward(self.net, x, self.task)
+
+
+def image_forward(net: nn.Module, x: torch.Tensor, task: str) -> torch.Tensor:
+    """Run a generator of the task's convention (derived network or supernet alike) on [0, 1] images and
+    return [0, 1] images: translation networks see [-1, 1] (sides padded by reflection to a multiple of 4,
+    the two stride-2 stages, and cropped back); SR networks see [0, 1] as they are. The search and
+    ``Student`` both go through here, so the supernet is trained in the convention the derived student
+    inherits its weights in."""
+    if task == "translation":
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % 4, (-w) % 4
+        if ph or pw:
+            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
+        y = (net(x * 2 - 1) + 1) / 2
+        return y[..., :h, :w]
+    return net(x)
 
 
 def save_weights(net: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:

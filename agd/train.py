@@ -8,6 +8,7 @@ pure function of (seed, step) and the RNG is checkpointed, so ``--resume`` conti
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
@@ -26,7 +27,8 @@ TRAIN_PHASE = 2
 @dataclass(frozen=True)
 class TrainConfig:
     loss: str = "tiny"
-    patch: int = 16
+    patch: int = 16  # SR crop, in input (LR) pixels
+    translation_patch: int = 64  # translation crop (see agd.search.config on why it is larger)
     batch: int = 4
     steps: int = 300
     lr: float = 5e-4
@@ -36,14 +38,19 @@ class TrainConfig:
     checkpoint_every: int = 50
     max_side: int | None = 96
     grad_clip: float = 5.0
+    channels_last: bool = True  # NHWC activations: 1.2x faster training steps on this CPU (BENCHMARKS.md)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def crop(self, task: str) -> int:
+        return self.translation_patch if task == "translation" else self.patch
+
 
 TRAIN_PRESETS = {
     "tiny": TrainConfig(),
+    "cpu": TrainConfig(patch=24, batch=8, steps=900, lr=1e-3, ema=0.995, checkpoint_every=100, max_side=192),
     "small": TrainConfig(loss="paper", patch=32, batch=8, steps=2000, ema=0.999, checkpoint_every=200, max_side=256),
     "paper": TrainConfig(loss="paper", patch=64, batch=16, steps=200000, ema=0.999, checkpoint_every=2000,
                          max_side=None, lr=1e-4, lr_final=1e-6),
@@ -61,8 +68,11 @@ class Trainer:
                  *, device="cpu", progress: Callable[[dict], None] | None = None) -> None:
         self.cfg, self.student, self.items, self.loss_fn, self.run = cfg, student, items, loss_fn, run
         self.device = torch.device(device)
-        D.check_patch(items, cfg.patch)
+        self.patch = cfg.crop(student.task)
+        D.check_patch(items, self.patch)
         self.student.to(self.device).train()
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.student.to(memory_format=self.memory_format)
         self.ema = AveragedModel(self.student, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
         self.opt = torch.optim.Adam(self.student.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(cfg.steps, 1), eta_min=cfg.lr_final)
@@ -87,25 +97,44 @@ class Trainer:
         self._good = copy.deepcopy(self.state())
         self.run.save_state(self._good)
 
+    def _batch(self, step: int) -> dict[str, torch.Tensor | None]:
+        b = D.batch(self.items, size=self.cfg.batch, patch=self.patch, scale=self.student.scale,
+                    seed=self.cfg.seed, phase=TRAIN_PHASE, step=step)
+        return {k: (v.to(self.device).contiguous(memory_format=self.memory_format) if v is not None else None)
+                for k, v in b.items()}
+
     def train_step(self) -> dict[str, float]:
-        b = D.batch(self.items, size=self.cfg.batch, patch=self.cfg.patch, scale=self.student.scale,
-                    seed=self.cfg.seed, phase=TRAIN_PHASE, step=self.step)
-        b = {k: (v.to(self.device) if v is not None else None) for k, v in b.items()}
+        b = self._batch(self.step)
+        t0 = time.perf_counter()
         out = self.student(b["inp"])
+        t1 = time.perf_counter()
         loss, terms = self.loss_fn(out, b["target"], b["gt"])
         if self.cfg.gt_weight and b["gt"] is not None:
             loss = loss + self.cfg.gt_weight * (out - b["gt"]).abs().mean()
         if not torch.isfinite(loss):
             return {"nonfinite": 1.0}
         self.opt.zero_grad(set_to_none=True)
+        t2 = time.perf_counter()
         loss.backward()
+        t3 = time.perf_counter()
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.sched.step()
         self.ema.update_parameters(self.student)
+        t4 = time.perf_counter()
         return {"loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0],
-                **{k: float(v.detach()) for k, v in terms.items()}}
+                **{k: float(v.detach()) for k, v in terms.items()},
+                "ms_forward": (t1 - t0) * 1e3, "ms_loss": (t2 - t1) * 1e3, "ms_backward": (t3 - t2) * 1e3,
+                "ms_optimizer": (t4 - t3) * 1e3}
+
+    def profile(self) -> dict:
+        """The once-per-run step profile (:func:`agd.search.profile.step_profile`): the student's forward
+        FLOPs and each loss term's milliseconds; RNG and weights untouched."""
+        from agd.search.profile import step_profile
+
+        b = self._batch(0)
+        return step_profile([lambda: self.student(b["inp"])], self.loss_fn, b, 1)
 
     def run_loop(self, resume: bool = False) -> nn.Module:
         if resume:
@@ -137,6 +166,12 @@ class Trainer:
         return self.ema.module
 
     def save(self) -> None:
+        from agd.io import atomic_write_text
+        from agd.search.engine import step_lines
+
         save_weights(self.ema.module.net, self.run.path / "student.safetensors",
                      {"genotype": self.student.genotype.to_json(), "steps": str(self.step)})
         self.student.genotype.save(self.run.path / "genotype.json")
+        lines = ["# agd train", "", f"- {self.step} steps, batch {self.cfg.batch}, crop {self.patch} input pixels",
+                 "", "## Where the training step's time goes", ""] + step_lines(self.run, self.run.read_log())
+        atomic_write_text(self.run.path / "report.md", "\n".join(lines) + "\n")

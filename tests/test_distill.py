@@ -144,7 +144,8 @@ def test_loss_config_validation_and_round_trip() -> None:
     mapped = cfg.with_teacher_extractor()
     assert mapped.extractor == "teacher" and mapped.content_layers == ("t2",)
     assert mapped.style_layers == ("t1", "t2", "t3")
-    assert get_preset("paper-sr").with_teacher_extractor().content_layers == ("t3",)
+    # SR: never a deep teacher trunk at HR resolution as a feature extractor
+    assert get_preset("paper-sr").with_teacher_extractor("sr").content_layers == ("t1",)
 
 
 # ---------------------------------------------------------------- VGG layout and loading

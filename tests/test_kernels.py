@@ -337,7 +337,7 @@ def _engine_search(tmp_path: Path, backend: str):
     img_dir = tmp_path / "img"
     img_dir.mkdir(exist_ok=True)
     g = torch.Generator().manual_seed(0)
-    for i in range(2):
+    for i in range(3):  # the search's three sets: weights, architecture, selection
         write_image(img_dir / f"i{i}.png", torch.nn.functional.interpolate(
             torch.rand(1, 3, 5, 5, generator=g), size=(64, 64), mode="bilinear")[0])
     cfg = get_search_config("tiny", space="sr-tiny", pretrain_steps=1, search_steps=3, batch=1, eval_every=3)

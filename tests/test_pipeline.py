@@ -51,6 +51,21 @@ def test_compress_end_to_end(tmp_path, teachers, capsys, task):
     assert s["student"]["macs"] < s["teacher"]["macs"] or task == "translation"
     ev = json.loads((out / "eval/eval.json").read_text())
     assert len(ev["images"]) >= 4 and all("psnr_to_teacher" in r for r in ev["images"])
+    # held out: the evaluation images are the built-in held-out split, which neither search nor training saw
+    import yaml
+
+    from agd.data.samples import HELD_OUT
+
+    held = {r["image"] for r in ev["images"]}
+    assert held == set(HELD_OUT) == set(s["eval_images"]["names"])
+    for step in ("search", "train"):
+        seen = set(yaml.safe_load((out / step / "config.yaml").read_text())["image_names"])
+        assert seen and not seen & held, step
+    base = "bicubic" if task == "sr" else "identity"
+    assert all(f"{base}_psnr_to_teacher" in r for r in ev["images"]) and s["baseline"]["name"] == base
+    md = (out / "summary.md").read_text()
+    assert f"| {base} (no network) |" in md and "held-out images" in md
+    assert ("closer to the teacher than" in md) or ("WARNING: the student is" in md and "not worth deploying" in md)
     assert ("psnr" in ev["images"][0]) == (task == "sr")
     assert len(list((out / "eval/images").glob("*.png"))) == len(ev["images"])
     # a finished compress resumes to the same summary without recomputing the search or the training
@@ -110,7 +125,8 @@ def test_baselines_at_the_same_budget(tmp_path, teachers, capsys):
     for name in ("searched", "random-1"):  # every network is scored on the held-out folder, not the training images
         assert sorted(p.stem for p in (tmp_path / "b" / name / "eval" / "images").glob("*.png")) == ["ho_a", "ho_b"]
     rows = json.loads((tmp_path / "b/baselines.json").read_text())
-    assert [r["name"] for r in rows] == ["searched", "hand-designed", "random-0", "random-1"]
+    assert [r["name"] for r in rows] == ["searched", "hand-designed", "random-0", "random-1", "bicubic"]
+    assert rows[-1]["macs"] == 0 and "bicubic (no network)" in (tmp_path / "b/baselines.md").read_text()
     assert (tmp_path / "b/pareto.png").is_file() and "random mean" in (tmp_path / "b/baselines.md").read_text()
 
 
@@ -126,7 +142,8 @@ def test_eval_with_the_cpp_backend_matches(tmp_path, teachers, capsys):
     g = SearchSpace(get_config("sr-tiny")).random_genotype(random.Random(5)).save(tmp_path / "g.json")
     res = {}
     for backend in ("torch", "cpp"):
-        code, _, err = _run(capsys, "eval", g, "--teacher", teachers[0], "--out", tmp_path / backend, "--backend", backend)
+        code, _, err = _run(capsys, "eval", g, "--teacher", teachers[0], "--out", tmp_path / backend, "--backend", backend,
+                            "--max-side", "128")
         assert code == 0, err
         res[backend] = json.loads((tmp_path / backend / "eval.json").read_text())
     assert res["cpp"]["mean"]["psnr_to_teacher"] == pytest.approx(res["torch"]["mean"]["psnr_to_teacher"], abs=0.01)

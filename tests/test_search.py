@@ -180,16 +180,16 @@ def test_bad_inputs(tmp_path, tiny_teachers):
     (bad / "broken.png").write_bytes(b"\x89PNG garbage")
     with pytest.raises(AgdError, match="broken.png: cannot be decoded"):
         D.load_images(bad)
-    small = _images(tmp_path / "small", n=2, hw=(32, 40))
+    small = _images(tmp_path / "small", n=3, hw=(32, 40))
     with pytest.raises(AgdError, match="smaller than the 16x16 training crop"):
         _search(teacher, small, tmp_path / "r1", space="sr-x4", budget_frac=0.5)
     with pytest.raises(AgdError, match="the translation space is for translation, the teacher"):
         _search(teacher, _images(tmp_path / "ok"), tmp_path / "r2", space="translation", budget_frac=0.5)
     with pytest.raises(AgdError, match="upscales x2, the teacher .* x4"):
         _search(teacher, _images(tmp_path / "ok"), tmp_path / "r3", space="sr-x2", budget_frac=0.5)
-    one = _images(tmp_path / "one", n=1)
-    with pytest.raises(AgdError, match="at least 2 images"):
-        _search(teacher, one, tmp_path / "r4", space="sr-x4", budget_frac=0.5)
+    two = _images(tmp_path / "two", n=2)
+    with pytest.raises(AgdError, match="at least 3 images .*weight steps, the architecture steps and the selection"):
+        _search(teacher, two, tmp_path / "r4", space="sr-x4", budget_frac=0.5)
     RunDir.open(tmp_path / "r5", resume=False).save_state({"step": 0})
     with pytest.raises(AgdError, match="holds a run already; pass --resume"):
         RunDir.open(tmp_path / "r5", resume=False)

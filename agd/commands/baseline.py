@@ -47,9 +47,13 @@ def random_within_budget(space: SearchSpace, budget: float, seed: int, tol: floa
 
 def run_baseline_job(searched: Path, *, teacher_spec: str, images: Path | None, out: Path, preset: str, seeds: int,
                      device: str, searched_weights: Path | None = None, quiet: bool = False,
-                     train_overrides: dict | None = None, eval_images: Path | None = None) -> list[dict[str, Any]]:
+                     train_overrides: dict | None = None, eval_images: Path | None = None,
+                     exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
+                     eval_max_side: int | None = None) -> list[dict[str, Any]]:
     """Train and evaluate the baselines; ``eval_images`` (default: the training images) is a held-out folder,
-    evaluated at full size, e.g. Set14 when training on BSD or T91."""
+    evaluated at full size (or at most ``eval_max_side``), e.g. Set14 when training on BSD or T91. ``exclude``
+    keeps images out of training and ``only`` picks the evaluation images by name (a held-out split of one
+    folder, as ``agd compress`` makes)."""
     from rich.console import Console
 
     from agd.commands.pipeline import run_eval_job, run_train_job
@@ -71,27 +75,35 @@ def run_baseline_job(searched: Path, *, teacher_spec: str, images: Path | None, 
         gpath = gen.save(out / name / "genotype.json")
         run_train_job(gpath, teacher_spec=teacher_spec, images=images, out=out / name / "train", preset=preset,
                       device=device, resume=(out / name / "train" / "checkpoint.safetensors").is_file(), quiet=quiet,
-                      overrides=train_overrides)
+                      overrides=train_overrides, exclude=exclude)
         ev = run_eval_job(gpath, out / name / "train" / "student.safetensors", teacher_spec=teacher_spec, images=eval_images,
-                          out=out / name / "eval", device=device, quiet=True)
+                          out=out / name / "eval", device=device, quiet=True, only=only, max_side=eval_max_side)
         rows.append({"name": name, "macs": ev["macs"], "params": ev["params"], **ev["mean"]})
     if searched_weights is not None:
         ev = run_eval_job(searched, searched_weights, teacher_spec=teacher_spec, images=eval_images, out=out / "searched" / "eval",
-                          device=device, quiet=True)
+                          device=device, quiet=True, only=only, max_side=eval_max_side)
         rows.insert(0, {"name": "searched", "macs": ev["macs"], "params": ev["params"], **ev["mean"]})
+    base = ev["baseline"]
+    rows.append({"name": base, "macs": 0, "params": 0, "psnr_to_teacher": ev["mean"][f"{base}_psnr_to_teacher"],
+                 **({"psnr": ev["mean"][f"{base}_psnr"]} if f"{base}_psnr" in ev["mean"] else {})})
     atomic_write_json(out / "baselines.json", rows)
-    plot_pareto(rows, out / "pareto.png")
+    plot_pareto([r for r in rows if r["macs"] > 0], out / "pareto.png")
     randoms = [r["psnr_to_teacher"] for r in rows if r["name"].startswith("random")]
     lines = ["# agd baseline", "", f"budget: {budget / 1e9:.3f} GMACs (the searched network's)",
              f"trained on: {images or 'built-in samples'}; evaluated on: {eval_images or 'built-in samples'}", "",
              "| network | GMACs | params (M) | PSNR to teacher | PSNR to ground truth |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['macs'] / 1e9:.3f} | {r['params'] / 1e6:.3f} | {r['psnr_to_teacher']:.3f} | "
+        name = r["name"] if r["macs"] > 0 else f"{r['name']} (no network)"
+        lines.append(f"| {name} | {r['macs'] / 1e9:.3f} | {r['params'] / 1e6:.3f} | {r['psnr_to_teacher']:.3f} | "
                      f"{r.get('psnr', float('nan')):.3f} |")
     if randoms:
-        mean = sum(randoms) / len(randoms)
+        import statistics
+
+        mean = statistics.mean(randoms)
+        sd = statistics.stdev(randoms) if len(randoms) > 1 else float("nan")
         s = next(r for r in rows if r["name"] == "searched")["psnr_to_teacher"]
-        lines += ["", f"searched − random mean (PSNR to teacher): {s - mean:+.3f} dB over {len(randoms)} random seeds"]
+        lines += ["", f"random networks: {mean:.3f} ± {sd:.3f} dB (mean ± std over {len(randoms)} seeds); "
+                      f"searched − random mean (PSNR to teacher): {s - mean:+.3f} dB"]
     text = "\n".join(lines) + "\n"
     atomic_write_text(out / "baselines.md", text)
     console.print(text, highlight=False, markup=False)

@@ -48,7 +48,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from agd.cost import count_macs
     from agd.data.images import write_image
     from agd.data.resize import fit_image, imresize, to_8bit
-    from agd.data.samples import sample_images
+    from agd.data.samples import DEMO, sample_images
     from agd.metrics import psnr, ssim
     from agd.teachers import load_teacher, tiled_forward
 
@@ -64,7 +64,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    samples = sample_images()
+    samples = sample_images(DEMO, available_only=True)
     rows = []
     with Progress(transient=True) as progress:
         task = progress.add_task("teachers at work", total=len(samples))

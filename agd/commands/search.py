@@ -15,6 +15,7 @@ from agd.io import AgdError
 class SearchJob:
     teacher: str = "realesrgan-x4plus"
     images: Path | None = None  # None: the built-in samples
+    exclude: tuple[str, ...] = ()  # image names kept out of the search (a held-out split)
     out: Path = Path("runs/search")
     preset: str = "tiny"
     macs: str | None = None
@@ -31,7 +32,11 @@ class SearchJob:
 
 
 LOSS_FOR = {
-    # (search/train loss setting, task, phase) -> agd.distill preset
+    # (search/train loss setting, task, phase) -> agd.distill preset; SR pretraining is pixel L1 alone
+    # (AGD's [1, 0, 0, 0]), translation pretraining uses its search loss
+    ("tiny", "sr", "pretrain"): "pixel", ("paper", "sr", "pretrain"): "pixel",
+    ("tiny", "translation", "pretrain"): "tiny-translation",
+    ("paper", "translation", "pretrain"): "paper-translation-search",
     ("tiny", "sr", "search"): "tiny-sr", ("tiny", "sr", "train"): "tiny-sr",
     ("tiny", "translation", "search"): "tiny-translation", ("tiny", "translation", "train"): "tiny-translation",
     ("paper", "sr", "search"): "paper-sr", ("paper", "sr", "train"): "paper-sr",
@@ -89,22 +94,34 @@ def run_search_job(job: SearchJob):
         if job.ratio is not None:
             teacher_macs = count_macs(teacher.module, (1, space.config.in_ch, *space.config.reference_size))
         budget = macs_budget(space, macs=job.macs, ratio=job.ratio, teacher_macs=teacher_macs)
-    images = D.load_images(job.images)
+    if job.resume:
+        job.exclude = tuple(saved.get("exclude", ()))
+    images = D.load_images(job.images, exclude=job.exclude)
     console = _console(job.quiet)
     console.print(f"teacher {teacher.info.name}: preparing {len(images)} images (teacher outputs are cached)", highlight=False)
     with console.status("teacher pass") as status:
         items = D.prepare(images, teacher, cache_dir=job.out.parent / ".teacher-cache", max_side=cfg.max_side,
                           device=device, on_image=lambda name: status.update(f"teacher pass: {name} (cached after the first run)"))
     loss = make_loss(cfg.loss, teacher, job.vgg_weights, device)
+    pretrain_loss = make_loss(cfg.loss, teacher, job.vgg_weights, device, phase="pretrain")
     if not job.resume:
         run.write_config({"command": "search", "teacher": {"spec": job.teacher, "identity": teacher.identity},
                           "images": str(job.images) if job.images else "built-in samples",
+                          "exclude": list(job.exclude), "image_names": [n for n, _ in images],
                           "budget": {"kind": budget.kind, "value": budget.value,
                                      "macs": budget.value if budget.kind == "macs" else None,
                                      "latency_table": str(job.latency_table) if job.latency_table else None,
                                      "target": job.target, "size": list(budget.size) if budget.size else None},
-                          "space": space_name, "search": cfg.to_dict(), "loss": loss.describe()})
-    search = Search(cfg, teacher, items, budget, loss, run, device=device, tables=tables, progress=None)
+                          "space": space_name, "search": cfg.to_dict(), "loss": loss.describe(),
+                          "pretrain_loss": pretrain_loss.describe()})
+    search = Search(cfg, teacher, items, budget, loss, run, device=device, tables=tables, progress=None,
+                    pretrain_loss_fn=pretrain_loss)
+    if not job.resume and search.rank == 0:
+        from agd.io import atomic_write_json
+        from agd.search.profile import matmul_peak_gflops
+
+        atomic_write_json(run.path / "profile.json", {"step": search.profile(),
+                                                       "peak_gflops": matmul_peak_gflops(device)})
     result = _with_progress(search, job, console)
     if search.rank == 0:
         write_results(run, search, result)

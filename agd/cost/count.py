@@ -123,6 +123,23 @@ class Cost:
         return f"{format_macs(self.macs)} MACs, {format_count(self.params)} params at {self.input_shapes}"
 
 
+_INTERPOLATIONS = {aten.upsample_bicubic2d, aten.upsample_bilinear2d}
+
+
+def _interpolated_shape(func, args, kwargs) -> torch.Tensor:
+    """The (meta) output of a bicubic / bilinear upsampling, by shape only. Interpolation counts no MACs
+    (the convention of FlopCounterMode and torchprofile), and on meta tensors torch runs these ops through
+    their elementwise decompositions: about a second per call, minutes for a space's MACs tables."""
+    x = args[0]
+    names = [a.name for a in func._schema.arguments]
+    bound = dict(zip(names, args)) | kwargs
+    size = bound.get("output_size")
+    if not size:
+        factors = bound.get("scale_factors") or (bound.get("scales_h"), bound.get("scales_w"))
+        size = [int(math.floor(d * f)) for d, f in zip(x.shape[2:], factors)]
+    return x.new_empty((*x.shape[:2], *size))
+
+
 class _Counter(TorchDispatchMode):
     def __init__(self, transposed: str, scope: list[str]) -> None:
         super().__init__()
@@ -134,6 +151,8 @@ class _Counter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func.overloadpacket in _INTERPOLATIONS and args and args[0].device.type == "meta":
+            return _interpolated_shape(func, args, kwargs)
         out = func(*args, **kwargs)
         n = _op_macs(func, args, kwargs, out, self.transposed)
         if n:

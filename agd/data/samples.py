@@ -1,8 +1,13 @@
 """The built-in sample set: real photographs that ship inside installed wheels (no download).
 
-scikit-image (a dependency of agd) carries a few public-domain / CC0 test photographs in its wheel;
-scikit-learn's ``china.jpg`` and ``flower.jpg`` are used too when scikit-learn happens to be installed.
-These are the embedded default input of ``agd demo`` and the main job.
+scikit-image (a dependency of agd) carries public-domain / CC0 test photographs in its wheel (colour:
+astronaut, coffee, chelsea, rocket, motorcycle, the Hubble deep field, a retina, an IHC micrograph; grey,
+expanded to RGB: camera, grass, gravel, brick, moon, coins); matplotlib (also a dependency) carries the
+Grace Hopper portrait; scikit-learn's ``china.jpg`` and ``flower.jpg`` are used too when scikit-learn happens
+to be installed. These are the embedded default input of ``agd demo`` and the main job.
+
+:data:`HELD_OUT` names the samples the main job keeps out of training and evaluates on: three colour
+photographs (a cat, a cup of coffee, a portrait) and a grey texture (grass).
 """
 
 from __future__ import annotations
@@ -22,9 +27,21 @@ _SOURCES = (
     ("skimage", "data/chelsea.png", "chelsea"),
     ("skimage", "data/rocket.jpg", "rocket"),
     ("skimage", "data/motorcycle_left.png", "motorcycle"),
+    ("skimage", "data/hubble_deep_field.jpg", "hubble"),
+    ("skimage", "data/retina.jpg", "retina"),
+    ("skimage", "data/ihc.png", "ihc"),
+    ("skimage", "data/camera.png", "camera"),
+    ("skimage", "data/grass.png", "grass"),
+    ("skimage", "data/gravel.png", "gravel"),
+    ("skimage", "data/brick.png", "brick"),
+    ("skimage", "data/moon.png", "moon"),
+    ("skimage", "data/coins.png", "coins"),
+    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "grace_hopper"),
     ("sklearn", "datasets/images/china.jpg", "china"),
     ("sklearn", "datasets/images/flower.jpg", "flower"),
 )
+HELD_OUT = ("chelsea", "coffee", "grace_hopper", "grass")
+DEMO = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "china", "flower")  # what agd demo shows
 
 
 @dataclass(frozen=True)
@@ -53,11 +70,15 @@ def sample_files() -> list[Sample]:
     return found
 
 
-def sample_images(names: list[str] | None = None) -> list[tuple[str, torch.Tensor]]:
-    """(name, (3, H, W) float32 [0, 1] image) for each sample, or for the given names."""
+def sample_images(names: list[str] | tuple[str, ...] | None = None, *,
+                  available_only: bool = False) -> list[tuple[str, torch.Tensor]]:
+    """(name, (3, H, W) float32 [0, 1] image) for each sample, or for the given names (with
+    ``available_only``, those of them that are installed)."""
     from agd.data.images import read_image
 
     files = sample_files()
+    if names is not None and available_only:
+        names = [n for n in names if n in {s.name for s in files}]
     if names is not None:
         known = {s.name: s for s in files}
         missing = [n for n in names if n not in known]

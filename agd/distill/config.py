@@ -21,9 +21,16 @@ WEIGHT_FIELDS = ("pixel", "gt_pixel", "content", "style", "tv")
 TEACHER_TAPS = ("t1", "t2", "t3")
 
 
-def vgg_to_teacher_tap(name: str) -> str:
-    """Fallback mapping of a VGG layer to a teacher tap by depth: block 1 -> ``t1``, block 2 -> ``t2``,
-    blocks 3-5 -> ``t3`` (teacher taps go no deeper than the first RRDB / the second downsampling)."""
+def vgg_to_teacher_tap(name: str, task: str = "translation") -> str:
+    """Fallback mapping of a VGG layer to a teacher tap.
+
+    Translation teachers, by depth: block 1 -> ``t1``, block 2 -> ``t2``, blocks 3-5 -> ``t3`` (the stem
+    and the two downsamplings: about 3 of the CycleGAN teacher's 50 GMACs). SR teachers: every layer ->
+    ``t1`` (the teacher's first convolution, 64 learned filters at HR resolution). The deeper SR taps run
+    the teacher's dense blocks on the student's output at HR resolution; ``t3`` (a whole RRDB) took 4.9 s of
+    a 12 s ``small`` search step on a 2-core CPU, a perceptual term costing more than the network it trains."""
+    if task == "sr":
+        return "t1"
     digits = [c for c in name if c.isdigit()]
     block = int(digits[0]) if digits else 3
     return TEACHER_TAPS[min(block, 3) - 1]
@@ -94,14 +101,14 @@ class LossConfig:
     def weights(self) -> dict[str, float]:
         return {f: getattr(self, f) for f in WEIGHT_FIELDS}
 
-    def with_teacher_extractor(self) -> "LossConfig":
-        """The same weights on the teacher extractor, VGG layers mapped by :func:`vgg_to_teacher_tap`
-        (duplicates after mapping kept once)."""
+    def with_teacher_extractor(self, task: str = "translation") -> "LossConfig":
+        """The same weights on the teacher extractor, VGG layers mapped by :func:`vgg_to_teacher_tap` for the
+        teacher's task (duplicates after mapping kept once)."""
         if self.extractor == "teacher":
             return self
 
         def m(names: tuple[str, ...]) -> tuple[str, ...]:
-            return tuple(dict.fromkeys(vgg_to_teacher_tap(n) for n in names))
+            return tuple(dict.fromkeys(vgg_to_teacher_tap(n, task) for n in names))
 
         return replace(self, extractor="teacher", content_layers=m(self.content_layers),
                        style_layers=m(self.style_layers))

@@ -7,7 +7,7 @@ extractor is frozen; gradients flow only into ``student``.
 Extractor choice: ``cfg.extractor`` ``vgg16`` / ``vgg19`` needs ``vgg_weights`` (torchvision's file, never
 downloaded). Without it, and with a teacher given, the feature terms fall back to the teacher's early
 layers (:class:`agd.distill.features.TeacherFeatures`), VGG layers mapped to taps by depth
-(:func:`agd.distill.config.vgg_to_teacher_tap`) and the weights kept; ``describe()`` records the fallback
+(:func:`agd.distill.config.vgg_to_teacher_tap`: SR teachers' cheap first layer only) and the weights kept; ``describe()`` records the fallback
 and why. With neither, an AgdError names the expected file. ``allow_fallback=False`` makes the missing
 file an error even with a teacher.
 """
@@ -64,7 +64,7 @@ class DistillLoss(nn.Module):
             elif teacher is not None and allow_fallback:
                 self.fallback = (f"no {arch} weights given ({expected.name}): the content/style terms use the "
                                  "teacher's early layers instead, VGG layers mapped to teacher taps by depth")
-                cfg = cfg.with_teacher_extractor()
+                cfg = cfg.with_teacher_extractor(teacher.info.task)
             else:
                 raise AgdError(
                     f"loss {cfg.name}: needs {arch.upper()} weights: pass the path of torchvision's {expected.name} "
@@ -126,6 +126,41 @@ class DistillLoss(nn.Module):
         for name, value in terms.items():
             total = total + weights[name] * value
         return total, terms
+
+    def term_times(self, student: Tensor, teacher_out: Tensor, gt: Tensor | None = None,
+                   repeats: int = 2) -> dict[str, float]:
+        """Milliseconds of each active term alone, forward and backward to the student's output (the
+        network's own backward excluded), best of ``repeats``; the content and style terms each include
+        the feature extraction they need, so their sum can exceed the whole loss's time."""
+        import time
+
+        cfg = self.cfg
+        out: dict[str, float] = {}
+        weights = cfg.weights()
+        for name in [n for n, w in weights.items() if w > 0]:
+            if name == "gt_pixel" and gt is None:
+                continue
+            best = float("inf")
+            for _ in range(repeats):
+                x = student.detach().clone().requires_grad_(True)
+                t0 = time.perf_counter()
+                if name == "pixel":
+                    v = pixel_l1(x, teacher_out)
+                elif name == "gt_pixel":
+                    v = pixel_l1(x, gt)
+                elif name == "tv":
+                    v = total_variation(x)
+                else:
+                    layers = cfg.content_layers if name == "content" else cfg.style_layers
+                    fs = self.extractor(x, layers)
+                    with torch.no_grad():
+                        ft = self.extractor(teacher_out.detach(), layers)
+                    dist = (lambda a, b: content_distance(a, b, cfg.content_criterion)) if name == "content" else style_distance
+                    v = sum(dist(fs[n], ft[n]) for n in layers)
+                v.backward()
+                best = min(best, (time.perf_counter() - t0) * 1e3)
+            out[name] = best
+        return out
 
     def extractor_name(self) -> str | None:
         """``vgg16`` / ``vgg19`` / ``teacher`` as used, or None when no feature term is active."""

@@ -1,10 +1,17 @@
 """Search configurations with named presets.
 
-``tiny`` is for CI and a first look (a couple of minutes on 2 CPU cores); ``small`` is a real but short
+``tiny`` is for CI and a first look (a couple of minutes on 2 CPU cores); ``cpu`` is the main job's default,
+sized to finish search and training within 15 minutes on 2 CPU cores; ``small`` is a real but short
 search (the baseline comparisons); ``paper`` follows AutoGAN-Distiller's recipe in spirit (long weight
-pretraining with the sandwich rule, then alternating first-order architecture/weight steps, Adam on the
-architecture with β = (0.5, 0.999) and weight decay 1e-3, Gumbel temperature annealed from 5 to 0.5);
-its step counts are sized for a GPU.
+pretraining with the sandwich rule, then alternating first-order architecture/weight steps, both with the
+sandwich rule's largest and smallest widths beside the sampled one, Adam on the architecture with
+β = (0.5, 0.999) and no weight decay (AGD's code has the 1e-3 decay commented out), Gumbel temperature
+annealed from 5 to 0.5); its step counts are sized for a GPU.
+
+Crops: ``patch`` is the crop side in input pixels for SR (the LR side; the HR crop is ``scale`` times it);
+translation uses ``translation_patch``, larger, because the teacher's targets come from whole-image
+InstanceNorm statistics and a student normalising over a 16-pixel crop (4x4 at its bottleneck) sees other
+statistics than the teacher did.
 """
 
 from __future__ import annotations
@@ -19,16 +26,19 @@ from agd.io import AgdError
 class SearchConfig:
     space: str | None = None  # a space preset; None: the teacher's task default (translation, sr-x4)
     loss: str = "tiny"  # a distillation loss preset (agd.distill)
-    patch: int = 16  # training crop, in input pixels
+    patch: int = 16  # SR training crop, in input (LR) pixels
+    translation_patch: int = 64  # translation training crop, in pixels
     batch: int = 2
     pretrain_steps: int = 6  # weights only, uniform α, sandwich widths (max, min, random)
     search_steps: int = 12  # alternating architecture / weight steps
     weight_lr: float = 2e-4
     arch_lr: float = 3e-3
-    arch_weight_decay: float = 1e-3
+    arch_weight_decay: float = 0.0  # AGD's code comments its 1e-3 out
     tau_start: float = 5.0
     tau_end: float = 0.5
     dual_step: float = 0.05
+    sandwich: bool = True  # search steps add the largest and smallest widths' forwards (AGD's sandwich rule)
+    channels_last: bool = False  # NHWC activations in the supernet
     eval_every: int = 6  # derive + held-out loss every so many search steps (and at the end)
     checkpoint_every: int = 3
     tolerance: float = 0.05  # derived cost within ±tolerance of the budget
@@ -37,7 +47,7 @@ class SearchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for f in ("patch", "batch", "eval_every", "checkpoint_every"):
+        for f in ("patch", "translation_patch", "batch", "eval_every", "checkpoint_every"):
             if getattr(self, f) < 1:
                 raise AgdError(f"search config: {f} must be >= 1")
         if self.pretrain_steps < 0 or self.search_steps < 1:
@@ -46,6 +56,10 @@ class SearchConfig:
     @property
     def total_steps(self) -> int:
         return self.pretrain_steps + self.search_steps
+
+    def crop(self, task: str) -> int:
+        """The training crop side in input pixels for the task."""
+        return self.translation_patch if task == "translation" else self.patch
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +75,9 @@ class SearchConfig:
 
 SEARCH_PRESETS: dict[str, SearchConfig] = {
     "tiny": SearchConfig(),
+    # the main job's default on a 2-core CPU (with the "cpu" training preset about 10-13 minutes in all)
+    "cpu": SearchConfig(pretrain_steps=40, search_steps=80, eval_every=20, checkpoint_every=20, max_side=192,
+                        arch_lr=1e-2),
     "small": SearchConfig(loss="paper", patch=32, batch=8, pretrain_steps=300, search_steps=600, eval_every=100,
                           checkpoint_every=50, max_side=256, arch_lr=1e-3),
     "paper": SearchConfig(loss="paper", patch=64, batch=16, pretrain_steps=20000, search_steps=40000,

@@ -29,11 +29,38 @@ class DistillImage:
     gt: torch.Tensor | None  # SR ground truth (3, h*s, w*s), else None
 
 
-def load_images(source: str | Path | None) -> list[tuple[str, torch.Tensor]]:
-    """(name, image) from a folder, or the built-in samples when ``source`` is None."""
+def load_images(source: str | Path | None, *, exclude: tuple[str, ...] | list[str] = (),
+                only: tuple[str, ...] | list[str] | None = None) -> list[tuple[str, torch.Tensor]]:
+    """(name, image) from a folder, or the built-in samples when ``source`` is None; names in ``exclude``
+    are left out (a held-out split), and with ``only`` just those names are kept."""
     if source is None:
-        return sample_images()
-    return [(p.stem, read_image(p)) for p in list_images(source)]
+        images = sample_images(only, available_only=True) if only is not None else sample_images()
+    else:
+        files = list_images(source)
+        if only is not None:
+            files = [p for p in files if p.stem in set(only)]
+        images = [(p.stem, read_image(p)) for p in files]
+    return [(n, im) for n, im in images if n not in set(exclude)]
+
+
+def held_out_split(source: str | Path | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(training names, held-out names) of an image source, by name: the built-in samples hold out
+    :data:`agd.data.samples.HELD_OUT`; a folder holds out every 4th image in sorted order (from the 4th
+    on). Needs 3 training images (the search's three sets) and 1 held out."""
+    from agd.data.samples import HELD_OUT, sample_files
+
+    if source is None:
+        names = sorted(s.name for s in sample_files())
+        held = tuple(n for n in names if n in HELD_OUT)
+    else:
+        names = sorted(p.stem for p in list_images(source))
+        held = tuple(names[3::4])
+    train = tuple(n for n in names if n not in held)
+    if len(train) < 3 or not held:
+        where = "the built-in samples" if source is None else f"--images {source}"
+        raise AgdError(f"{where}: a held-out split needs at least 4 images (3 to train on: weights, architecture, "
+                       f"selection; 1 to evaluate on), found {len(names)}; add images or give --eval-images DIR")
+    return train, held
 
 
 def prepare(images: list[tuple[str, torch.Tensor]], teacher, *, cache_dir: Path, max_side: int | None, device,
@@ -66,13 +93,15 @@ def prepare(images: list[tuple[str, torch.Tensor]], teacher, *, cache_dir: Path,
     return out
 
 
-def split(items: list[DistillImage]) -> tuple[list[DistillImage], list[DistillImage]]:
-    """Two disjoint halves by image (sorted by name): (weights half, architecture half). The architecture
-    half is also the held-out set on which derived architectures are compared."""
-    if len(items) < 2:
-        raise AgdError(f"search: needs at least 2 images (one per half: weights, architecture), got {len(items)}")
+def split(items: list[DistillImage]) -> tuple[list[DistillImage], list[DistillImage], list[DistillImage]]:
+    """Three disjoint sets by image (sorted by name, dealt in turn): (weights half, architecture half,
+    selection set). The weight steps see only the first, the architecture steps only the second; the
+    selection set, which neither optimises, scores the derived architectures to pick the best one."""
+    if len(items) < 3:
+        raise AgdError(f"search: needs at least 3 images (one each for the weight steps, the architecture steps "
+                       f"and the selection of the best derived architecture), got {len(items)}")
     items = sorted(items, key=lambda d: d.name)
-    return items[0::2], items[1::2]
+    return items[0::3], items[1::3], items[2::3]
 
 
 def check_patch(items: list[DistillImage], patch: int) -> None:

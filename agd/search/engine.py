@@ -2,13 +2,18 @@
 
 Procedure (AutoGAN-Distiller's, with a budget controller that needs no tuning):
 1. pretraining, ``pretrain_steps``: weights only, uniform α, the sandwich rule (largest, smallest and a
-   random width per step, gradients accumulated), on the weights half of the images;
+   random width per step, gradients accumulated), on the weights half of the images, with the
+   pretraining loss (SR: pixel L1 alone, as AGD);
 2. search, ``search_steps``: alternating first-order steps, an architecture step (Adam on α and the width
    logits; distillation loss on the architecture half + the budget term, then dual ascent on λ) and a
-   weight step (distillation loss on the weights half), Gumbel temperature annealed;
+   weight step (distillation loss on the weights half), Gumbel temperature annealed; with ``sandwich``
+   each step also runs the largest and the smallest widths and averages the three losses (AGD);
 3. every ``eval_every`` steps and at the end: the most probable architecture within ±tolerance of the
-   budget is derived and scored by the distillation loss of the supernet fixed to it on held-out crops
-   (the architecture half); the best scoring one is kept, not the last.
+   budget is derived and scored by the distillation loss of the supernet fixed to it on central crops of
+   the selection images, which neither step trains on; the best scoring one is kept, not the last.
+
+The supernet runs in the derived student's convention (:func:`agd.student.image_forward`: translation
+networks see [-1, 1]), so a fixed supernet and ``Student(derive(g, supernet))`` compute the same image.
 
 Every batch is a pure function of (seed, phase, step) and all other randomness comes from torch's RNG,
 which is checkpointed, so a resumed run equals an uninterrupted one. Under torchrun every process takes
@@ -18,6 +23,7 @@ its slice of each global batch and DistributedDataParallel averages the gradient
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -31,6 +37,7 @@ from agd.search import data as D
 from agd.search.budget import Budget, DualController, derive_within_budget
 from agd.search.config import SearchConfig
 from agd.space import Genotype, SearchSpace, Supernet, TemperatureSchedule
+from agd.student import image_forward
 
 PRETRAIN, SEARCH = 0, 1
 
@@ -45,8 +52,9 @@ class _WithCost(nn.Module):
         self.overhead = overhead
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the [0, 1] output image of [0, 1] images ``x``, the expected cost)."""
         cost, _ = self.supernet.expected_cost(self.tables)
-        return self.supernet(x), cost + self.overhead
+        return image_forward(self.supernet, x, self.supernet.space.kind), cost + self.overhead
 
 
 @dataclass
@@ -73,8 +81,10 @@ class Search:
 
     def __init__(self, cfg: SearchConfig, teacher, items: list[D.DistillImage], budget: Budget,
                  loss_fn: Callable[..., tuple[torch.Tensor, dict]], run: RunDir, *, device: str | torch.device = "cpu",
-                 tables: list[torch.Tensor] | None = None, progress: Callable[[dict], None] | None = None) -> None:
+                 tables: list[torch.Tensor] | None = None, progress: Callable[[dict], None] | None = None,
+                 pretrain_loss_fn: Callable[..., tuple[torch.Tensor, dict]] | None = None) -> None:
         self.cfg, self.teacher, self.budget, self.loss_fn, self.run = cfg, teacher, budget, loss_fn, run
+        self.pretrain_loss_fn = pretrain_loss_fn or loss_fn
         self.device = torch.device(device)
         self.rank, self.world = _world()
         if cfg.batch % self.world:
@@ -89,10 +99,13 @@ class Search:
         if self.space.scale != teacher.info.scale:
             raise AgdError(f"search: the {space_name} space upscales x{self.space.scale}, the teacher "
                            f"{teacher.info.name} x{teacher.info.scale}")
-        self.weights_half, self.arch_half = D.split(items)
-        D.check_patch(items, cfg.patch)
+        self.weights_half, self.arch_half, self.selection = D.split(items)
+        self.patch = cfg.crop(self.space.kind)
+        D.check_patch(items, self.patch)
         torch.manual_seed(cfg.seed)
         self.supernet = Supernet(self.space).to(self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.supernet.to(memory_format=self.memory_format)
         if tables is None:
             tables = self.space.macs_tables()
         # NaN marks invalid pairs (identity between unequal widths): the derivation skips them, the
@@ -113,7 +126,7 @@ class Search:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.progress = progress
-        self.heldout = D.center_crops(self.arch_half, cfg.patch, self.space.scale)
+        self.heldout = D.center_crops(self.selection, self.patch, self.space.scale)
         self._good: dict[str, Any] | None = None
         self.rollbacks = 0
 
@@ -158,12 +171,13 @@ class Search:
     # ---------------------------------------------------------------- steps
     def _batch(self, items: list[D.DistillImage], phase: int, step: int) -> dict[str, torch.Tensor | None]:
         idx = list(range(self.rank, self.cfg.batch, self.world))
-        b = D.batch(items, size=self.cfg.batch, patch=self.cfg.patch, scale=self.space.scale, seed=self.cfg.seed,
+        b = D.batch(items, size=self.cfg.batch, patch=self.patch, scale=self.space.scale, seed=self.cfg.seed,
                     phase=phase, step=step, indices=idx)
-        return {k: (v.to(self.device) if v is not None else None) for k, v in b.items()}
+        return {k: (v.to(self.device).contiguous(memory_format=self.memory_format) if v is not None else None)
+                for k, v in b.items()}
 
-    def _distill(self, out: torch.Tensor, b: dict) -> torch.Tensor:
-        loss, _ = self.loss_fn(out, b["target"], b["gt"])
+    def _distill(self, out: torch.Tensor, b: dict, loss_fn=None) -> torch.Tensor:
+        loss, _ = (loss_fn or self.loss_fn)(out, b["target"], b["gt"])
         return loss
 
     def _clip(self, params: list[nn.Parameter]) -> None:
@@ -178,7 +192,7 @@ class Search:
         for mode in ("max", "min", "random"):
             self.supernet.set_sampling(ops="mixture", widths=mode)
             out, _ = self.ddp(b["inp"])
-            loss = self._distill(out, b) / 3
+            loss = self._distill(out, b, self.pretrain_loss_fn) / 3
             if not _finite(loss):
                 return {"nonfinite": 1.0}
             loss.backward()
@@ -187,36 +201,85 @@ class Search:
         self.opt_w.step()
         return {"loss_w": total}
 
+    def _sandwich_backward(self, b: dict, tau: float, with_cost: bool,
+                           t: dict[str, float]) -> tuple[float, torch.Tensor | None] | None:
+        """Forward and backward of the sampled widths (Gumbel) and, with ``sandwich``, of the largest and
+        smallest widths, each loss weighted 1/n; the budget term (``with_cost``) is added once, to the
+        sampled forward. Adds the milliseconds of each phase to ``t``. Returns (mean distillation loss,
+        expected cost) or None on a non-finite loss."""
+        modes = ("gumbel", "max", "min") if self.cfg.sandwich else ("gumbel",)
+        total, cost_seen = 0.0, None
+        for mode in modes:
+            self.supernet.set_sampling(ops="mixture", widths=mode, tau=tau)
+            t0 = time.perf_counter()
+            out, cost = self.ddp(b["inp"])
+            t1 = time.perf_counter()
+            loss_d = self._distill(out, b) / len(modes)
+            loss = loss_d
+            if with_cost and mode == "gumbel":
+                cost_seen = cost
+                loss = loss + self.ctrl.penalty(cost).to(loss.dtype)
+            if not _finite(loss, cost):
+                return None
+            t2 = time.perf_counter()
+            loss.backward()
+            t3 = time.perf_counter()
+            for k, v in (("forward", t1 - t0), ("loss", t2 - t1), ("backward", t3 - t2)):
+                t[k] = t.get(k, 0.0) + v * 1e3
+            total += float(loss_d.detach())
+        self.supernet.set_sampling(widths="gumbel")
+        return total, cost_seen
+
+    def _opt_step(self, opt, params, t: dict[str, float]) -> None:
+        t0 = time.perf_counter()
+        self._clip(params)
+        opt.step()
+        t["optimizer"] = t.get("optimizer", 0.0) + (time.perf_counter() - t0) * 1e3
+
     def search_step(self) -> dict[str, float]:
         s = self.step - self.cfg.pretrain_steps
         tau = self.tau.at(s)
-        self.supernet.set_sampling(ops="mixture", widths="gumbel", tau=tau)
+        t: dict[str, float] = {}
         # architecture step (architecture half)
         b = self._batch(self.arch_half, SEARCH, 2 * s)
         self.opt_a.zero_grad(set_to_none=True)
         self.opt_w.zero_grad(set_to_none=True)
-        out, cost = self.ddp(b["inp"])
-        loss_d = self._distill(out, b)
-        loss_a = loss_d + self.ctrl.penalty(cost).to(loss_d.dtype)
-        if not _finite(loss_a, cost):
+        res = self._sandwich_backward(b, tau, with_cost=True, t=t)
+        if res is None:
             return {"nonfinite": 1.0}
-        loss_a.backward()
-        self._clip(self.supernet.arch_parameters())
-        self.opt_a.step()
+        loss_a, cost = res
+        self._opt_step(self.opt_a, self.supernet.arch_parameters(), t)
         lam = self.ctrl.update(float(cost.detach()))
         # weight step (weights half)
         b = self._batch(self.weights_half, SEARCH, 2 * s + 1)
         self.opt_w.zero_grad(set_to_none=True)
         self.opt_a.zero_grad(set_to_none=True)
-        out, _ = self.ddp(b["inp"])
-        loss_w = self._distill(out, b)
-        if not _finite(loss_w):
+        res = self._sandwich_backward(b, tau, with_cost=False, t=t)
+        if res is None:
             return {"nonfinite": 1.0}
-        loss_w.backward()
-        self._clip(self.supernet.weight_parameters())
-        self.opt_w.step()
-        return {"loss_a": float(loss_d.detach()), "loss_w": float(loss_w.detach()), "expected": float(cost.detach()),
-                "lam": lam, "tau": tau}
+        loss_w, _ = res
+        self._opt_step(self.opt_w, self.supernet.weight_parameters(), t)
+        return {"loss_a": loss_a, "loss_w": loss_w, "expected": float(cost.detach()), "lam": lam, "tau": tau,
+                **{f"ms_{k}": v for k, v in t.items()}}
+
+    def profile(self) -> dict[str, Any]:
+        """The once-per-run step profile (:func:`agd.search.profile.step_profile`) of a search step: its
+        forwards' FLOPs and the loss terms' milliseconds; torch's RNG and the weights are left as they were."""
+        from agd.search.profile import step_profile
+
+        b = self._batch(self.arch_half, SEARCH, 0)
+        modes = ("gumbel", "max", "min") if self.cfg.sandwich else ("gumbel",)
+
+        def forward(mode: str):
+            def run() -> torch.Tensor:
+                self.supernet.set_sampling(ops="mixture", widths=mode, tau=self.cfg.tau_start)
+                return self.model(b["inp"])[0]
+            return run
+
+        try:
+            return step_profile([forward(m) for m in modes], self.loss_fn, b, 2 * len(modes))
+        finally:
+            self.supernet.set_sampling(widths="gumbel")
 
     # ---------------------------------------------------------------- derivation
     def derive(self) -> Genotype:
@@ -231,7 +294,8 @@ class Search:
         try:
             with torch.no_grad():
                 b = {k: (v.to(self.device) if v is not None else None) for k, v in self.heldout.items()}
-                return float(self._distill(self.supernet(b["inp"]), b))
+                out, _ = self.model(b["inp"])
+                return float(self._distill(out, b))
         finally:
             self.supernet.unfix()
 
@@ -288,7 +352,8 @@ class Search:
 
 
 def write_results(run: RunDir, search: Search, result: SearchResult) -> None:
-    """genotype.json, argmax_genotype.json, history.json, supernet.safetensors, plots, report.md."""
+    """genotype.json, argmax_genotype.json, history.json, supernet.safetensors, plots, report.md (with the
+    step profile when the run folder holds ``profile.json``)."""
     from safetensors.torch import save_file
 
     from agd.io import atomic_path
@@ -314,5 +379,20 @@ def write_results(run: RunDir, search: Search, result: SearchResult) -> None:
         "| layer | op | width |", "|---|---|---|",
     ]
     lines += [f"| {c.name} | {c.op} | {c.width} |" for c in result.genotype.layers]
+    lines += ["", "## Where the search step's time goes", ""] + step_lines(run, [r for r in run.read_log()
+                                                                                if r.get("phase") == "search"])
     lines += [""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
     atomic_write_text(run.path / "report.md", "\n".join(lines) + "\n")
+
+
+def step_lines(run: RunDir, records: list[dict[str, Any]]) -> list[str]:
+    """The step profile's report lines from the run folder's ``profile.json`` and the logged step phases."""
+    from agd.io import read_json
+    from agd.search.profile import format_summary, summarize
+
+    prof_path = run.path / "profile.json"
+    prof = read_json(prof_path, "step profile") if prof_path.is_file() else None
+    summary = summarize(records, prof and prof["step"], prof and prof.get("peak_gflops"))
+    if summary:
+        atomic_write_json(run.path / "profile_summary.json", summary)
+    return format_summary(summary) or ["- (no step timings logged)"]

@@ -13,6 +13,11 @@ The defaults follow AutoGAN-Distiller's spaces (Fu et al., ICML 2020) plus what 
   between conv3x3 and conv1x1, and conv_hr may be removed (identity). At x4 these run at 4x and 16x the
   LR pixel count and hold most of the MACs of any small network: with them fixed (3x3, 64 channels)
   the smallest x4 network is 91.3 GMACs at a 256x256 input, with them searchable 4.2 GMACs.
+  Also beyond AGD (``input_skip``, bicubic by default): the input upsampled by bicubic interpolation is
+  added to the output, so the network learns the residual over bicubic upscaling (as SRVGGNetCompact
+  and most real-time SR networks do with nearest or bilinear upsampling). Without it a student trained
+  for minutes on a CPU stays below bicubic upscaling itself (measured: BENCHMARKS.md). Genotype files
+  without the field are read as ``"none"``, the topology they were written for.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from agd.io import AgdError
 SEARCH_OPS = ("conv1x1", "conv3x3", "conv3x3_d2", "resblock", "dwsblock", "identity")
 AGD_RATIOS = (4 / 12, 6 / 12, 8 / 12, 10 / 12, 12 / 12)
 DEFAULT_OPS = ("conv1x1", "conv3x3", "resblock", "dwsblock", "identity")
+INPUT_SKIPS = ("none", "bicubic", "bilinear", "nearest")  # SR: how the input is upsampled for the skip
+TRANSLATION_SKIPS = ("none", "identity")
 
 
 def width_choices(base: int, ratios: tuple[float, ...], round_to: int) -> tuple[int, ...]:
@@ -59,6 +66,7 @@ class TranslationSpaceConfig:
     padding: str = "reflect"
     norm_affine: bool = False
     dws_expansion: int = 3
+    input_skip: str = "identity"  # the output is the input plus the network's (tanh-bounded) residual, or "none"
     reference_size: tuple[int, int] = (256, 256)
 
     kind = "translation"
@@ -69,6 +77,8 @@ class TranslationSpaceConfig:
             raise AgdError(f"space: n_layers {self.n_layers} must be >= 1")
         if self.padding not in ("zeros", "reflect"):
             raise AgdError(f"space: padding {self.padding!r} is not zeros or reflect")
+        if self.input_skip not in TRANSLATION_SKIPS:
+            raise AgdError(f"space: input_skip {self.input_skip!r} is not one of {', '.join(TRANSLATION_SKIPS)}")
 
     @property
     def scale(self) -> int:
@@ -88,6 +98,7 @@ class SRSpaceConfig:
     round_to: int = 8
     dws_expansion: int = 3
     search_tail: bool = True
+    input_skip: str = "bicubic"  # the input upsampled this way is added to the output (or "none")
     reference_size: tuple[int, int] = (256, 256)  # the LR input, as for the teachers
 
     kind = "sr"
@@ -98,6 +109,8 @@ class SRSpaceConfig:
             raise AgdError(f"space: SR scale {self.scale} must be 1, 2, 4 or 8 (nearest x2 upsampling rounds)")
         if self.n_cells < 1 or self.layers_per_cell < 1:
             raise AgdError("space: n_cells and layers_per_cell must be >= 1")
+        if self.input_skip not in INPUT_SKIPS:
+            raise AgdError(f"space: input_skip {self.input_skip!r} is not one of {', '.join(INPUT_SKIPS)}")
 
 
 SpaceConfig = TranslationSpaceConfig | SRSpaceConfig
@@ -126,6 +139,8 @@ def config_from_dict(d: dict[str, Any], what: str = "space") -> SpaceConfig:
     if cls is None:
         raise AgdError(f"{what}: kind {kind!r} is not 'translation' or 'sr'")
     known = {f.name: f for f in fields(cls)}
+    if "input_skip" not in d:
+        d["input_skip"] = "none"  # genotypes written before the field existed had no input skip
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise AgdError(f"{what}: unknown field(s) {', '.join(unknown)} for a {kind} space")

@@ -15,7 +15,7 @@ def derive(g: Genotype, supernet: "nn.Module | None" = None) -> nn.Module:
 
     The result holds only ordinary convolutions, norms and activations (each a torch base class, see
     :mod:`agd.space.elastic`), so torch.export, ONNX and TVM take it as is."""
-    from agd.space.supernet import build_network
+    from agd.space.supernet import build_network, init_residual_head
 
     space = SearchSpace(g.config)
     space.validate(g)
@@ -26,4 +26,6 @@ def derive(g: Genotype, supernet: "nn.Module | None" = None) -> nn.Module:
             slice_into(m, supernet.mixed_layers[i].candidates[ch.op])
         layers.append(m)
         c_in = ch.width
+    if supernet is None:
+        init_residual_head(space, layers[-1])
     return build_network(space, layers)

@@ -10,29 +10,39 @@ from torch import nn
 
 class ChainGenerator(nn.Module):
     """Layers applied in order (the translation generator: stem, downsampling, body, upsampling, head).
-    Works in the teacher's convention: input and output in [-1, 1]."""
+    Works in the teacher's convention: input and output in [-1, 1] (with ``input_skip="identity"`` the
+    output is the input plus the head's tanh output, so it may leave [-1, 1] before clamping)."""
 
-    def __init__(self, layers: nn.ModuleList) -> None:
+    def __init__(self, layers: nn.ModuleList, input_skip: str = "none") -> None:
         super().__init__()
         self.layers = layers
+        self.input_skip = input_skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
         for layer in self.layers:
-            x = layer(x)
-        return x
+            y = layer(y)
+        if self.input_skip == "none":
+            return y
+        if y.shape[-2:] != x.shape[-2:]:  # sides not a multiple of 4 (Student pads them; a bare network may not)
+            dh, dw = y.shape[-2] - x.shape[-2], y.shape[-1] - x.shape[-1]
+            x = F.pad(x, (0, max(dw, 0), 0, max(dh, 0)), mode="replicate")[..., :y.shape[-2], :y.shape[-1]]
+        return x + y
 
 
 class SRGenerator(nn.Module):
     """ESRGAN-like: conv_first → cells (each ``x + cell_scale * cell(x)``) → conv_body + global skip →
-    per x2 round nearest upsampling and conv_up → conv_hr → conv_last. Images in [0, 1]."""
+    per x2 round nearest upsampling and conv_up → conv_hr → conv_last, plus (``input_skip`` other than
+    "none") the input upsampled by that interpolation. Images in [0, 1]."""
 
     def __init__(self, layers: nn.ModuleList, n_cells: int, layers_per_cell: int, n_up: int,
-                 cell_scale: float = 0.2) -> None:
+                 cell_scale: float = 0.2, input_skip: str = "none") -> None:
         super().__init__()
         if len(layers) != 1 + n_cells * layers_per_cell + 1 + n_up + 2:
             raise ValueError("SRGenerator: layer count does not match the cell layout")
         self.layers = layers
         self.n_cells, self.layers_per_cell, self.n_up, self.cell_scale = n_cells, layers_per_cell, n_up, cell_scale
+        self.input_skip = input_skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layers = iter(self.layers)
@@ -47,4 +57,10 @@ class SRGenerator(nn.Module):
         for _ in range(self.n_up):
             fea = next(layers)(F.interpolate(fea, scale_factor=2.0, mode="nearest"))
         conv_hr, conv_last = next(layers), next(layers)
-        return conv_last(conv_hr(fea))
+        out = conv_last(conv_hr(fea))
+        if self.input_skip == "none":
+            return out
+        up = 2 ** self.n_up
+        if self.input_skip == "nearest":
+            return out + F.interpolate(x, scale_factor=float(up), mode="nearest")
+        return out + F.interpolate(x, scale_factor=float(up), mode=self.input_skip, align_corners=False)

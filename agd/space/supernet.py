@@ -72,8 +72,18 @@ def build_network(space: SearchSpace, layers: list[nn.Module]) -> nn.Module:
     """Wire layers (mixed or plain, in the space's order) into the space's generator topology."""
     c = space.config
     if space.kind == "translation":
-        return ChainGenerator(nn.ModuleList(layers))
-    return SRGenerator(nn.ModuleList(layers), c.n_cells, c.layers_per_cell, int(math.log2(c.scale)))
+        return ChainGenerator(nn.ModuleList(layers), input_skip=c.input_skip)
+    return SRGenerator(nn.ModuleList(layers), c.n_cells, c.layers_per_cell, int(math.log2(c.scale)),
+                       input_skip=c.input_skip)
+
+
+def init_residual_head(space: SearchSpace, last: nn.Module) -> None:
+    """With an input skip, scale the last layer's fresh weights by 0.1: an untrained network then starts
+    near the skip alone (bicubic upscaling, the identity) instead of adding noise to it."""
+    if space.config.input_skip != "none":
+        with torch.no_grad():
+            for p in last.parameters():
+                p.mul_(0.1)
 
 
 def epilogue_candidate(parts: EpilogueParts) -> tuple[EpilogueCandidate, float | None, float | None] | None:
@@ -217,6 +227,7 @@ class Supernet(nn.Module):
         self.sampling = Sampling()
         mixed = [MixedLayer(spec, self.space.in_choices(i), self.sampling) for i, spec in enumerate(self.space.layers)]
         self.net = build_network(self.space, mixed)
+        init_residual_head(self.space, mixed[-1])
         self._tables: dict[tuple[int, int], list[torch.Tensor]] = {}
 
     @property
