@@ -71,7 +71,8 @@ class Trainer:
         self.patch = cfg.crop(student.task)
         D.check_patch(items, self.patch)
         self.student.to(self.device).train()
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        cl = cfg.channels_last and self.device.type == "cpu"  # measured on CPU only
+        self.memory_format = torch.channels_last if cl else torch.contiguous_format
         self.student.to(memory_format=self.memory_format)
         self.ema = AveragedModel(self.student, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
         self.opt = torch.optim.Adam(self.student.parameters(), lr=cfg.lr, betas=(0.9, 0.999))

@@ -6,21 +6,14 @@ import random
 import pytest
 import torch
 
-from agd.cli import main
 from agd.commands.apply import apply_student, load_applicable_student
 from agd.data.images import read_image, to_uint8, write_image
 from agd.space import Genotype, SearchSpace, get_config
 from agd.student import Student, save_weights
+from cli_helpers import run_cli
 
 
-def _run(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_cli
 
 
 def _student(tmp_path, space: str, seed: int = 0):

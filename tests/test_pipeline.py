@@ -6,28 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from agd.cli import main
-from agd.io import save_checkpoint
-from agd.teachers import ResnetGenerator, RRDBNet
+from cli_helpers import run_cli, save_tiny_teachers
 
 
-def _run(capsys, *args):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_cli
 
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    d = tmp_path_factory.mktemp("teachers")
-    torch.manual_seed(0)
-    save_checkpoint({"params_ema": RRDBNet(nf=8, nb=1, gc=4, scale=4).state_dict()}, d / "sr.pth")
-    save_checkpoint(ResnetGenerator(ngf=4, n_blocks=1, norm_affine=True).state_dict(), d / "tr.pth")
-    return d / "sr.pth", d / "tr.pth"
+    t = save_tiny_teachers(tmp_path_factory.mktemp("teachers"))
+    return Path(t["sr"]), Path(t["translation"])
 
 
 @pytest.mark.parametrize("task", ["sr", "translation"])

@@ -12,36 +12,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from agd.io import AgdError, save_checkpoint
+from agd.io import AgdError
 from agd.runs import RunDir
 from agd.search import Search, derive_within_budget, get_search_config, macs_budget, parse_macs
 from agd.search import data as D
 from agd.search.budget import DualController
 from agd.space import SearchSpace, Supernet, get_config
-from agd.teachers import ResnetGenerator, RRDBNet, load_teacher
+from agd.teachers import load_teacher
+from cli_helpers import save_tiny_teachers, smooth_images
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _images(folder: Path, n: int = 4, hw=(72, 88)) -> Path:
-    from agd.data.images import write_image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(0)
-    for i in range(n):
-        # smooth random images (a random low-res field upsampled), like photos more than noise
-        low = torch.rand(3, 9, 11, generator=g)
-        write_image(folder / f"img{i}.png", torch.nn.functional.interpolate(low[None], size=hw, mode="bilinear")[0])
-    return folder
+_images = smooth_images
 
 
 @pytest.fixture(scope="module")
 def tiny_teachers(tmp_path_factory):
-    d = tmp_path_factory.mktemp("teachers")
-    torch.manual_seed(0)
-    save_checkpoint({"params_ema": RRDBNet(nf=8, nb=1, gc=4, scale=4).state_dict()}, d / "sr.pth")
-    save_checkpoint(ResnetGenerator(ngf=4, n_blocks=1, norm_affine=True).state_dict(), d / "tr.pth")
-    return {"sr": str(d / "sr.pth"), "translation": str(d / "tr.pth")}
+    return save_tiny_teachers(tmp_path_factory.mktemp("teachers"))
 
 
 def l1(student, target, gt=None):

@@ -113,7 +113,7 @@ def main() -> None:
                "random_mean": statistics.mean(randoms), "random_std": sd(randoms), "hand_designed": hand,
                "trivial_baseline": base, "minutes": (time.time() - t_start) / 60, "search0_config": cfg0["search"]}
     (out / "experiment.json").write_text(json.dumps(summary, indent=1))
-    lines = [f"| network | GMACs | PSNR to teacher | supernet loss |", "|---|---|---|---|"]
+    lines = ["| network | GMACs | PSNR to teacher | supernet loss |", "|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['macs'] / 1e9:.2f} | {r['psnr_to_teacher']:.3f} | {r['supernet_loss']:.5f} |" for r in rows]
     lines += ["", f"searched {summary['searched_mean']:.3f} ± {summary['searched_std']:.3f} dB, random "
                   f"{summary['random_mean']:.3f} ± {summary['random_std']:.3f} dB, hand-designed {hand:.3f} dB, "

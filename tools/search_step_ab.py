@@ -50,7 +50,7 @@ def main() -> None:
     tm = count_macs(teacher.module, (1, 3, *space.config.reference_size))
     budget = macs_budget(space, ratio=a.ratio, teacher_macs=tm)
     tmp = Path(tempfile.mkdtemp())
-    items = D.prepare(D.load_images(None), teacher, cache_dir=Path(".teacher-cache-ab"), max_side=cfg.max_side,
+    items = D.prepare(D.load_images(None), teacher, cache_dir=Path(".cache/teacher-cache-ab"), max_side=cfg.max_side,
                       device="cpu")
     loss = make_loss(cfg.loss, teacher, None, "cpu")
     search = Search(cfg, teacher, items, budget, loss, RunDir.open(tmp / "run", resume=False))

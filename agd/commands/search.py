@@ -42,6 +42,7 @@ LOSS_FOR = {
     ("paper", "sr", "search"): "paper-sr", ("paper", "sr", "train"): "paper-sr",
     ("paper", "translation", "search"): "paper-translation-search",
     ("paper", "translation", "train"): "paper-translation-train",
+    **{("pixel", task, phase): "pixel" for task in ("sr", "translation") for phase in ("pretrain", "search", "train")},
 }
 
 
@@ -52,7 +53,7 @@ def make_loss(setting: str, teacher, vgg_weights: Path | None, device, phase: st
 
     key = (setting, teacher.info.task, phase)
     if key not in LOSS_FOR:
-        raise AgdError(f"loss setting {setting!r}: unknown (tiny or paper)")
+        raise AgdError(f"loss setting {setting!r}: unknown (tiny, paper or pixel)")
     return DistillLoss(LOSS_FOR[key], teacher=teacher, vgg_weights=vgg_weights, device=device)
 
 

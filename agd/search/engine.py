@@ -104,7 +104,8 @@ class Search:
         D.check_patch(items, self.patch)
         torch.manual_seed(cfg.seed)
         self.supernet = Supernet(self.space).to(self.device)
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        cl = cfg.channels_last and self.device.type == "cpu"  # measured on CPU only; the GPU figures are NCHW
+        self.memory_format = torch.channels_last if cl else torch.contiguous_format
         self.supernet.to(memory_format=self.memory_format)
         if tables is None:
             tables = self.space.macs_tables()
