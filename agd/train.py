@@ -29,6 +29,7 @@ class TrainConfig:
     loss: str = "tiny"
     patch: int = 16  # SR crop, in input (LR) pixels
     translation_patch: int = 64  # translation crop (see agd.search.config on why it is larger)
+    translation_variants: int = 0  # translation: teacher-labelled tone/colour variants per image (agd.search.data)
     batch: int = 4
     steps: int = 300
     lr: float = 5e-4
@@ -50,7 +51,9 @@ class TrainConfig:
 
 TRAIN_PRESETS = {
     "tiny": TrainConfig(),
-    "cpu": TrainConfig(patch=24, batch=8, steps=900, lr=1e-3, ema=0.995, checkpoint_every=100, max_side=192),
+    # loss "cpu": the tiny SR loss, pixel L1 for translation; variants and 256 px: BENCHMARKS.md, issue 17
+    "cpu": TrainConfig(loss="cpu", patch=24, batch=8, steps=800, lr=1e-3, ema=0.995, checkpoint_every=100,
+                       max_side=256, translation_variants=4),
     "small": TrainConfig(loss="paper", patch=32, batch=8, steps=2000, ema=0.999, checkpoint_every=200, max_side=256),
     "paper": TrainConfig(loss="paper", patch=64, batch=16, steps=200000, ema=0.999, checkpoint_every=2000,
                          max_side=None, lr=1e-4, lr_final=1e-6),

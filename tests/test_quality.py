@@ -146,6 +146,40 @@ def test_translation_trains_on_large_crops():
     assert get_train_config("tiny").crop("translation") >= 64
 
 
+def test_cpu_loss_setting_is_pixel_for_translation_and_tiny_for_sr(teachers):
+    from agd.commands.search import make_loss
+
+    sr, tr = load_teacher(teachers["sr"]), load_teacher(teachers["translation"])
+    assert [make_loss("cpu", sr, None, "cpu", phase=p).describe()["preset"] for p in ("pretrain", "search", "train")] \
+        == ["pixel", "tiny-sr", "tiny-sr"]
+    assert {make_loss("cpu", tr, None, "cpu", phase=p).describe()["preset"] for p in ("pretrain", "search", "train")} \
+        == {"pixel"}
+    from agd.train import get_train_config
+
+    assert get_train_config("cpu").loss == "cpu" and get_search_config("cpu").loss == "cpu"
+    with pytest.raises(AgdError, match="loss setting 'nope'"):
+        make_loss("nope", sr, None, "cpu")
+
+
+def test_photometric_variants_are_seeded_in_range_and_translation_only(tmp_path, teachers):
+    img = torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(3))
+    a, b = D.photometric_variant(img, "x", 1), D.photometric_variant(img, "x", 1)
+    assert torch.equal(a, b) and a.shape == img.shape and 0 <= a.min() and a.max() <= 1
+    assert not torch.allclose(a, img, atol=1e-2)
+    assert not torch.allclose(a, D.photometric_variant(img, "x", 2), atol=1e-2)
+    assert not torch.allclose(a, D.photometric_variant(img, "y", 1), atol=1e-2)
+    imgs = D.load_images(_images(tmp_path / "img", 2, hw=(32, 32)))
+    tr = load_teacher(teachers["translation"])
+    items = D.prepare(imgs, tr, cache_dir=tmp_path / "cache", max_side=None, device="cpu", translation_variants=3)
+    assert sorted(d.name for d in items) == sorted(["img0", "img1"] + [f"img{i}~v{k}" for i in (0, 1) for k in (1, 2, 3)])
+    v = next(d for d in items if d.name == "img1~v2")
+    assert torch.equal(v.inp, D.photometric_variant(dict(imgs)["img1"], "img1", 2))
+    with torch.no_grad():  # each variant is labelled by the teacher on its own input
+        assert torch.allclose(v.target, tr(v.inp[None])[0].clamp(0, 1), atol=1e-5)
+    sr = load_teacher(teachers["sr"])
+    assert len(D.prepare(imgs, sr, cache_dir=tmp_path / "cache", max_side=None, device="cpu", translation_variants=3)) == 2
+
+
 def test_arch_weight_decay_is_off_as_in_agd():
     for name in ("tiny", "small", "paper"):
         assert get_search_config(name).arch_weight_decay == 0.0

@@ -89,7 +89,7 @@ def compress_cmd(
     images: Optional[Path] = typer.Option(None, help=IMAGES_HELP),
     out: Path = typer.Option(Path("runs/compress"), help="Run folder (search/, train/, eval/, summary.md)."),
     preset: str = typer.Option("cpu", help="Preset for search and training: tiny (a few minutes, a rough student), "
-                               "cpu (the default: about 10-13 minutes on 2 cores), small, paper (a GPU)."),
+                               "cpu (the default: about 9-15 minutes on 2 cores), small, paper (a GPU)."),
     macs: Optional[str] = typer.Option(None, help="MACs budget, e.g. 12G."),
     ratio: Optional[float] = typer.Option(None, help="Budget as a fraction of the teacher's MACs (default 0.1)."),
     device: str = typer.Option("cpu", help="torch device."),

@@ -12,7 +12,8 @@ from agd.io import AgdError, atomic_write_json, atomic_write_text
 
 
 def _teacher_and_items(teacher_spec: str, images: Path | None, max_side: int | None, device, cache_root: Path,
-                       exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None):
+                       exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
+                       translation_variants: int = 0):
     from agd.search import data as D
     from agd.teachers import load_teacher
 
@@ -21,7 +22,8 @@ def _teacher_and_items(teacher_spec: str, images: Path | None, max_side: int | N
     if not loaded:
         raise AgdError(f"images {images or '(built-in samples)'}: no images left to use"
                        + (f" (asked for {', '.join(only)})" if only else ""))
-    items = D.prepare(loaded, teacher, cache_dir=cache_root / ".teacher-cache", max_side=max_side, device=device)
+    items = D.prepare(loaded, teacher, cache_dir=cache_root / ".teacher-cache", max_side=max_side, device=device,
+                      translation_variants=translation_variants)
     return teacher, items
 
 
@@ -48,7 +50,8 @@ def run_train_job(genotype_path: Path, *, teacher_spec: str, images: Path | None
     run = RunDir.open(out, resume=resume)
     if resume:
         exclude = tuple(run.read_config().get("exclude", exclude))
-    teacher, items = _teacher_and_items(teacher_spec, images, cfg.max_side, device, out.parent, exclude=exclude)
+    teacher, items = _teacher_and_items(teacher_spec, images, cfg.max_side, device, out.parent, exclude=exclude,
+                                        translation_variants=cfg.translation_variants)
     _check_pair(g, teacher)
     net = None
     if inherit is not None:

@@ -43,17 +43,21 @@ LOSS_FOR = {
     ("paper", "translation", "search"): "paper-translation-search",
     ("paper", "translation", "train"): "paper-translation-train",
     **{("pixel", task, phase): "pixel" for task in ("sr", "translation") for phase in ("pretrain", "search", "train")},
+    # the main job's default: tiny for SR; pixel L1 alone for translation, where it measured 1-2 dB closer to
+    # the teacher on held-out images than the perceptual tiny loss (BENCHMARKS.md, issue 17)
+    ("cpu", "sr", "pretrain"): "pixel", ("cpu", "sr", "search"): "tiny-sr", ("cpu", "sr", "train"): "tiny-sr",
+    **{("cpu", "translation", phase): "pixel" for phase in ("pretrain", "search", "train")},
 }
 
 
 def make_loss(setting: str, teacher, vgg_weights: Path | None, device, phase: str = "search"):
-    """The distillation loss of a preset's loss setting (``tiny``, ``paper``) for the teacher's task.
+    """The distillation loss of a preset's loss setting (``tiny``, ``cpu``, ``paper``, ``pixel``) for the teacher's task.
     Without VGG weights the paper presets fall back to the teacher's own early layers (recorded)."""
     from agd.distill import DistillLoss
 
     key = (setting, teacher.info.task, phase)
     if key not in LOSS_FOR:
-        raise AgdError(f"loss setting {setting!r}: unknown (tiny, paper or pixel)")
+        raise AgdError(f"loss setting {setting!r}: unknown (tiny, cpu, paper or pixel)")
     return DistillLoss(LOSS_FOR[key], teacher=teacher, vgg_weights=vgg_weights, device=device)
 
 

@@ -25,7 +25,7 @@ from agd.io import AgdError
 @dataclass(frozen=True)
 class SearchConfig:
     space: str | None = None  # a space preset; None: the teacher's task default (translation, sr-x4)
-    loss: str = "tiny"  # a distillation loss preset (agd.distill)
+    loss: str = "tiny"  # a loss setting (agd.commands.search.LOSS_FOR: tiny, cpu, paper, pixel)
     patch: int = 16  # SR training crop, in input (LR) pixels
     translation_patch: int = 64  # translation training crop, in pixels
     batch: int = 2
@@ -75,9 +75,9 @@ class SearchConfig:
 
 SEARCH_PRESETS: dict[str, SearchConfig] = {
     "tiny": SearchConfig(),
-    # the main job's default on a 2-core CPU (with the "cpu" training preset about 10-13 minutes in all)
-    "cpu": SearchConfig(pretrain_steps=40, search_steps=80, eval_every=20, checkpoint_every=20, max_side=192,
-                        arch_lr=1e-2),
+    # the main job's default on a 2-core CPU (with the "cpu" training preset about 9-15 minutes in all)
+    "cpu": SearchConfig(loss="cpu", pretrain_steps=40, search_steps=80, eval_every=20, checkpoint_every=20,
+                        max_side=192, arch_lr=1e-2),
     "small": SearchConfig(loss="paper", patch=32, batch=8, pretrain_steps=300, search_steps=600, eval_every=100,
                           checkpoint_every=50, max_side=256, arch_lr=1e-3),
     "paper": SearchConfig(loss="paper", patch=64, batch=16, pretrain_steps=20000, search_steps=40000,

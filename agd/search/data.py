@@ -10,6 +10,7 @@ translation the input is the image.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -63,12 +64,36 @@ def held_out_split(source: str | Path | None) -> tuple[tuple[str, ...], tuple[st
     return train, held
 
 
+VARIANT_SEP = "~v"  # a photometric variant of image NAME is named NAME~vK
+
+
+def photometric_variant(img: torch.Tensor, name: str, k: int) -> torch.Tensor:
+    """Variant ``k`` of image ``name`` (3, H, W) in [0, 1]: a seeded global tone and colour change (gamma
+    0.6-1.6, contrast 0.7-1.3 about the mean, saturation 0.5-1.5, gain 0.7-1.3), the same on every run.
+
+    A translation teacher's output depends on the whole image's statistics (InstanceNorm): the vintage
+    teacher lightens some photographs and darkens others. A student distilled from a handful of images
+    meets only a handful of such statistics; variants labelled by the teacher show it more of them."""
+    g = torch.Generator().manual_seed(zlib.crc32(f"{name}/{k}".encode()))
+    u = torch.rand(4, generator=g, dtype=torch.float64).tolist()
+    gamma, contrast, sat, gain = 0.6 + u[0], 0.7 + 0.6 * u[1], 0.5 + u[2], 0.7 + 0.6 * u[3]
+    y = img.clamp(0, 1) ** gamma
+    y = y.mean() + (y - y.mean()) * contrast
+    lum = (0.299 * y[0] + 0.587 * y[1] + 0.114 * y[2])[None]
+    return ((lum + (y - lum) * sat) * gain).clamp(0, 1)
+
+
 def prepare(images: list[tuple[str, torch.Tensor]], teacher, *, cache_dir: Path, max_side: int | None, device,
-            tile: int = 256, on_image: Callable[[str], None] | None = None) -> list[DistillImage]:
-    """Inputs and cached teacher outputs for every image."""
+            tile: int = 256, on_image: Callable[[str], None] | None = None,
+            translation_variants: int = 0) -> list[DistillImage]:
+    """Inputs and cached teacher outputs for every image; for a translation teacher, also for
+    ``translation_variants`` :func:`photometric_variant` s of each (named ``NAME~vK``)."""
     from agd.teachers import tiled_forward
 
     task, scale = teacher.info.task, teacher.info.scale
+    if task == "translation" and translation_variants > 0:
+        images = list(images) + [(f"{n}{VARIANT_SEP}{k}", photometric_variant(im, n, k))
+                                 for n, im in images for k in range(1, translation_variants + 1)]
     cache = TeacherCache(cache_dir, teacher.identity)
     out = []
     for name, img in images:
