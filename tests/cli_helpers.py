@@ -23,6 +23,17 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
+def random_images(folder: Path, sizes) -> Path:
+    """Uniform-noise PNGs im0.png, im1.png, ... of the given (h, w) sizes, seeded."""
+    from agd.data.images import write_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    for i, (h, w) in enumerate(sizes):
+        write_image(folder / f"im{i}.png", torch.rand(3, h, w, generator=g))
+    return folder
+
+
 def smooth_images(folder: Path, n: int = 4, hw=(72, 88)) -> Path:
     """``n`` smooth random images img0.png ... (a random low-res field upsampled: like photos more than noise)."""
     from agd.data.images import write_image

@@ -10,7 +10,7 @@ from agd.commands.apply import apply_student, load_applicable_student
 from agd.data.images import read_image, to_uint8, write_image
 from agd.space import Genotype, SearchSpace, get_config
 from agd.student import Student, save_weights
-from cli_helpers import run_cli
+from cli_helpers import random_images as _images, run_cli
 
 
 _run = run_cli
@@ -24,14 +24,6 @@ def _student(tmp_path, space: str, seed: int = 0):
     gp = g.save(tmp_path / f"{space}-{seed}.json")
     wp = save_weights(s.net, tmp_path / f"{space}-{seed}.safetensors", {"genotype": g.to_json()})
     return gp, wp
-
-
-def _images(folder, sizes):
-    folder.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(0)
-    for i, (h, w) in enumerate(sizes):
-        write_image(folder / f"im{i}.png", torch.rand(3, h, w, generator=g))
-    return folder
 
 
 @pytest.mark.parametrize("space", ["sr-tiny", "translation-tiny"])

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from agd.cli import main
-from agd.data.images import read_image, write_image
+from agd.data.images import read_image
 from agd.io import save_checkpoint
 from agd.teachers import ResnetGenerator, RRDBNet, list_teachers
+from cli_helpers import random_images as _images
 
 
 def _run(capsys, *args) -> tuple[int, str, str]:
@@ -33,14 +34,6 @@ def tiny_teachers(tmp_path):
     save_checkpoint({"params_ema": sr.state_dict()}, sr_path)  # BasicSR layout
     save_checkpoint(tr.state_dict(), tr_path)  # vintagify layout (affine InstanceNorm, `block`)
     return sr_path, tr_path
-
-
-def _images(folder, sizes):
-    folder.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(0)
-    for i, (h, w) in enumerate(sizes):
-        write_image(folder / f"im{i}.png", torch.rand(3, h, w, generator=g))
-    return folder
 
 
 def test_teachers_run_tiled_on_a_folder(tmp_path, tiny_teachers, capsys):
