@@ -34,11 +34,13 @@ _run = run_cli
 
 
 # ---------------------------------------------------------------- the supernet's convention
-@pytest.mark.parametrize("space", ["translation-tiny", "sr-tiny", "translation", "sr-x4"])
+@pytest.mark.parametrize("space", ["translation-tiny", "sr-tiny", "translation", "sr-x4", "translation-tiny+colour"])
 def test_fixed_supernet_equals_the_derived_student(space):
     """The search's forward of a supernet fixed to a genotype equals Student(derive(g, supernet)) on [0, 1]
-    images: the weights the student inherits were trained in its own convention."""
-    sp = SearchSpace(get_config(space))
+    images: the weights the student inherits were trained in its own convention (with the learned colour
+    skip: its weights too)."""
+    name, _, skip = space.partition("+")
+    sp = SearchSpace(get_config(name, **({"input_skip": skip} if skip else {})))
     torch.manual_seed(0)
     sn = Supernet(sp)
     with torch.no_grad():  # weights away from their init, so a convention mismatch cannot hide
@@ -295,3 +297,37 @@ def test_quality_floor_sr_student_beats_bicubic_on_held_out_images(tmp_path, cap
     gap = s["student"]["psnr_to_teacher"] - s["baseline"]["psnr_to_teacher"]
     assert gap >= 0.15, f"student {s['student']['psnr_to_teacher']:.2f} dB vs bicubic {s['baseline']['psnr_to_teacher']:.2f} dB"
     assert 0.09 <= s["student"]["macs"] / s["teacher"]["macs"] <= 0.105  # 1/10 of the teacher, within ±5 %
+
+
+def test_colour_skip_starts_as_the_identity_and_learns_a_colour_map():
+    """input_skip="colour": an untrained network is the identity skip plus a small residual, exactly as with
+    input_skip="identity"; the skip's 1x1 convolution is a weight the optimiser sees, inherited by derive,
+    saved with the student and exported with it."""
+    cfg = get_config("translation-tiny", input_skip="colour")
+    sp = SearchSpace(cfg)
+    g = sp.random_genotype(random.Random(0))
+    torch.manual_seed(0)
+    net = derive(g).eval()
+    torch.manual_seed(0)
+    plain = derive(Genotype.from_dict({**g.to_dict(), "space": config_to_dict(get_config("translation-tiny"))})).eval()
+    x = torch.rand(1, 3, 16, 20) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(net.skip(x), x) and torch.allclose(net(x), plain(x), atol=1e-6)
+    sn = Supernet(sp)
+    assert any(p is sn.net.skip.weight for p in sn.weight_parameters())
+    with torch.no_grad():
+        sn.net.skip.weight.mul_(0.5)
+        sn.net.skip.bias.fill_(0.25)
+    inherited = derive(g, sn)
+    assert torch.equal(inherited.skip.weight, sn.net.skip.weight) and float(inherited.skip.bias.detach()[0]) == 0.25
+    assert {"skip.weight", "skip.bias"} <= set(inherited.state_dict())
+    ep = torch.export.export(inherited.eval(), (x,))
+    assert torch.allclose(ep.module()(x), inherited(x), atol=1e-6)
+    from agd.space.fast import available_backends, convert
+
+    if not available_backends()["cpp"]:  # the C++ blocks keep the skip as it is
+        with torch.no_grad():
+            assert torch.allclose(convert(inherited)(x), inherited(x), atol=1e-5)
+    assert get_config("translation-colour").input_skip == "colour"
+    with pytest.raises(AgdError, match="input_skip 'color'"):
+        get_config("translation-tiny", input_skip="color")

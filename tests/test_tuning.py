@@ -582,6 +582,24 @@ def test_measurement_arguments_index_in_bounds():
         alloc_local_arguments(tvm.cpu(), [["SCALAR", "int32"]], 1)
 
 
+def test_tensor_intrinsics_import_registers_them_and_restores_inspect():
+    """The faster ``import tvm.s_tir.tensor_intrin`` (a fresh process: the import happens once per process)
+    registers TVM's tensorization intrinsics, answers frame lookups of ``<frozen ...>`` files as
+    ``inspect.getmodule`` does, and leaves ``inspect.getmodule`` as it found it."""
+    code = ("import inspect, sys\n"
+            "from agd.tuning.tune import import_tensor_intrinsics\n"
+            "before = inspect.getmodule\n"
+            "import_tensor_intrinsics()\n"
+            "assert inspect.getmodule is before and 'tvm.s_tir.tensor_intrin' in sys.modules\n"
+            "from tvm.s_tir import TensorIntrin\n"
+            "from tvm.s_tir.tensor_intrin import x86, arm_cpu, cuda\n"
+            "for name in (x86.VNNI_DOT_16x4_INTRIN, x86.AVX512_DOT_16x4_INTRIN, cuda.WMMA_SYNC_16x16x16_f16f16f32_INTRIN):\n"
+            "    assert TensorIntrin.get(name) is not None, name\n"
+            "print('ok', len(sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-2000:]
+
+
 def test_round_size():
     from agd.tuning.tune import round_size
 

@@ -31,7 +31,9 @@ SEARCH_OPS = ("conv1x1", "conv3x3", "conv3x3_d2", "resblock", "dwsblock", "ident
 AGD_RATIOS = (4 / 12, 6 / 12, 8 / 12, 10 / 12, 12 / 12)
 DEFAULT_OPS = ("conv1x1", "conv3x3", "resblock", "dwsblock", "identity")
 INPUT_SKIPS = ("none", "bicubic", "bilinear", "nearest")  # SR: how the input is upsampled for the skip
-TRANSLATION_SKIPS = ("none", "identity")
+# translation: the output is the network's residual plus the input ("identity") or plus a learned 3x3 colour
+# matrix and offset of the input ("colour", a 1x1 convolution that starts as the identity), or the network alone
+TRANSLATION_SKIPS = ("none", "identity", "colour")
 
 
 def width_choices(base: int, ratios: tuple[float, ...], round_to: int) -> tuple[int, ...]:
@@ -66,7 +68,7 @@ class TranslationSpaceConfig:
     padding: str = "reflect"
     norm_affine: bool = False
     dws_expansion: int = 3
-    input_skip: str = "identity"  # the output is the input plus the network's (tanh-bounded) residual, or "none"
+    input_skip: str = "identity"  # TRANSLATION_SKIPS: "identity", "colour" or "none"
     reference_size: tuple[int, int] = (256, 256)
 
     kind = "translation"
@@ -117,6 +119,8 @@ SpaceConfig = TranslationSpaceConfig | SRSpaceConfig
 
 PRESETS: dict[str, SpaceConfig] = {
     "translation": TranslationSpaceConfig(),
+    # the learned colour skip: for training photographs like the user's own (BENCHMARKS.md, "colour skip")
+    "translation-colour": TranslationSpaceConfig(input_skip="colour"),
     "translation-tiny": TranslationSpaceConfig(stem_width=8, down_widths=(8, 16), up_widths=(8, 8), n_layers=2,
                                                width_ratios=(0.5, 1.0), round_to=4, reference_size=(32, 32)),
     "sr-x4": SRSpaceConfig(),

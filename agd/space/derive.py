@@ -28,4 +28,7 @@ def derive(g: Genotype, supernet: "nn.Module | None" = None) -> nn.Module:
         c_in = ch.width
     if supernet is None:
         init_residual_head(space, layers[-1])
-    return build_network(space, layers)
+    net = build_network(space, layers)
+    if supernet is not None and hasattr(net, "skip"):  # the learned colour skip, shared like the layers
+        net.skip.load_state_dict(supernet.net.skip.state_dict())
+    return net

@@ -11,12 +11,24 @@ from torch import nn
 class ChainGenerator(nn.Module):
     """Layers applied in order (the translation generator: stem, downsampling, body, upsampling, head).
     Works in the teacher's convention: input and output in [-1, 1] (with ``input_skip="identity"`` the
-    output is the input plus the head's tanh output, so it may leave [-1, 1] before clamping)."""
+    output is the input plus the head's tanh output, so it may leave [-1, 1] before clamping).
+
+    ``input_skip="colour"``: the skip is ``skip(x)``, a learned 1x1 convolution (3x3 colour matrix and
+    offset) that starts as the identity. A body whose first convolution is followed by an instance norm
+    cannot see the input's global brightness and contrast, so with a plain identity skip the residual
+    cannot undo them, while an instance-normalised teacher (CycleGAN) ignores them; the colour skip can
+    (tools/translation_ceiling.py, BENCHMARKS.md). Its 9 MACs a pixel are counted by
+    :func:`agd.cost.count_macs` but, like the SR bicubic skip, are not in the space's per-layer MACs."""
 
     def __init__(self, layers: nn.ModuleList, input_skip: str = "none") -> None:
         super().__init__()
         self.layers = layers
         self.input_skip = input_skip
+        if input_skip == "colour":
+            self.skip = nn.Conv2d(3, 3, 1)
+            with torch.no_grad():
+                self.skip.weight.copy_(torch.eye(3)[:, :, None, None])
+                self.skip.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x
@@ -27,7 +39,7 @@ class ChainGenerator(nn.Module):
         if y.shape[-2:] != x.shape[-2:]:  # sides not a multiple of 4 (Student pads them; a bare network may not)
             dh, dw = y.shape[-2] - x.shape[-2], y.shape[-1] - x.shape[-1]
             x = F.pad(x, (0, max(dw, 0), 0, max(dh, 0)), mode="replicate")[..., :y.shape[-2], :y.shape[-1]]
-        return x + y
+        return (self.skip(x) if self.input_skip == "colour" else x) + y
 
 
 class SRGenerator(nn.Module):
