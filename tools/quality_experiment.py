@@ -65,12 +65,14 @@ def main() -> None:
         nets.append((name, g.save(out / name / "genotype.json")))
     rows = []
     for name, gpath in nets:
-        tdir = out / name / "train"
+        # train/NAME and eval/NAME: the jobs keep their teacher cache beside their folder (out.parent), so every
+        # training shares train/.teacher-cache and every evaluation eval/.teacher-cache (the teacher runs once)
+        tdir = out / "train" / name
         if not (tdir / "student.safetensors").is_file():
             run_train_job(gpath, teacher_spec=a.teacher, images=a.images, out=tdir, preset=a.preset, quiet=True,
                           resume=(tdir / "checkpoint.safetensors").is_file(), overrides=over)
         ev = run_eval_job(gpath, tdir / "student.safetensors", teacher_spec=a.teacher, images=a.eval_images,
-                          out=out / name / "eval", quiet=True, max_side=a.eval_max_side)
+                          out=out / "eval" / name, quiet=True, max_side=a.eval_max_side)
         base = ev["baseline"]
         rows.append({"name": name, "macs": ev["macs"], "psnr_to_teacher": ev["mean"]["psnr_to_teacher"],
                      "psnr": ev["mean"].get("psnr"), base: ev["mean"][f"{base}_psnr_to_teacher"]})
