@@ -102,9 +102,9 @@ def import_tensor_intrinsics() -> None:
     That import parses about 500 TVMScript functions, each calling ``inspect.stack()``. For every frame of
     frozen code on the stack (importlib's), ``inspect.getmodule`` finds no module by file name and then scans
     all of ``sys.modules`` (about 1,400 here): 31,000 such scans, 42 million ``hasattr`` calls, 30-48 s on
-    these 2 cores. During the import, lookups for such file names (``<frozen ...>``, ``<ast>``: names of no
-    file, so no module can be found for a frame by its file) are answered once per name for frames; every other lookup goes to
-    ``inspect.getmodule`` unchanged, which is restored afterwards. BENCHMARKS.md has the times."""
+    these 2 cores. During the import, a frame's lookup for such a file name (``<frozen ...>``, ``<ast>``: names
+    of no file, so no module can be found for a frame by them) is answered once per name; every other lookup
+    goes to ``inspect.getmodule`` unchanged, which is restored afterwards. BENCHMARKS.md has the times."""
     if "tvm.s_tir.tensor_intrin" in sys.modules:
         return
     original = inspect.getmodule

@@ -29,6 +29,6 @@ def derive(g: Genotype, supernet: "nn.Module | None" = None) -> nn.Module:
     if supernet is None:
         init_residual_head(space, layers[-1])
     net = build_network(space, layers)
-    if supernet is not None and hasattr(net, "skip"):  # the learned colour skip, shared like the layers
+    if supernet is not None and g.config.input_skip == "colour":  # the learned skip, shared like the layers
         net.skip.load_state_dict(supernet.net.skip.state_dict())
     return net
