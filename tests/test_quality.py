@@ -105,6 +105,55 @@ def test_search_steps_use_the_sandwich_rule(tmp_path, teachers, monkeypatch, san
     assert search.supernet.sampling.widths == "gumbel"
 
 
+@pytest.mark.parametrize("op_sampling", ["mixture", "sample"])
+def test_op_sampling_in_every_training_forward(tmp_path, teachers, monkeypatch, op_sampling):
+    """``op_sampling`` decides how pretraining and both search steps choose operators: "sample" runs one
+    candidate per mixed layer (the others' weights get no gradient) and still trains α through the sample."""
+    from agd.space.supernet import MixedLayer
+
+    teacher = load_teacher(teachers["sr"])
+    search = _search(teacher, _images(tmp_path / "img", 4), tmp_path / "run", "sr-tiny", op_sampling=op_sampling)
+    ran: list[int] = []  # candidates run per mixed-layer forward
+    orig = MixedLayer.forward
+
+    def spy(self, x):
+        calls = []
+        hooks = [c.register_forward_hook(lambda *a: calls.append(1)) for c in self.candidates.values()]
+        try:
+            return orig(self, x)
+        finally:
+            for h in hooks:
+                h.remove()
+            if len(self.spec.ops) > 1:
+                ran.append(len(calls))
+
+    monkeypatch.setattr(MixedLayer, "forward", spy)
+    modes = []
+    orig_ddp = search.ddp.forward
+    search.ddp.forward = lambda x: (modes.append(search.supernet.sampling.ops), orig_ddp(x))[1]
+    search.pretrain_step()
+    search.step = search.cfg.pretrain_steps
+    search.opt_a.zero_grad = lambda set_to_none=True: None  # keep the architecture step's gradient to look at
+    search.search_step()
+    assert set(modes) == {op_sampling} and len(modes) == 3 + 6
+    if op_sampling == "sample":
+        assert set(ran) == {1}
+    else:
+        assert min(ran) > 1
+    grads = [p.grad for p in search.supernet.arch_parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_op_sampling_is_per_task_and_checked():
+    cfg = get_search_config("small")
+    assert cfg.ops_for("sr") == "sample" and cfg.ops_for("translation") == "mixture"  # as measured
+    assert get_search_config("paper").ops_for("sr") == "mixture"  # AGD's recipe
+    with pytest.raises(AgdError, match="op_sampling 'gumbel'"):
+        get_search_config("tiny", op_sampling="gumbel")
+    with pytest.raises(AgdError, match="translation_op_sampling 'single'"):
+        get_search_config("tiny", translation_op_sampling="single")
+
+
 def test_pretraining_uses_its_own_loss(tmp_path, teachers):
     """SR pretraining is pixel L1 alone (AGD's [1, 0, 0, 0]); the search steps use the search loss."""
     from agd.commands.search import make_loss

@@ -32,7 +32,16 @@ def main() -> None:
     ap.add_argument("--randoms", type=int, default=4)
     ap.add_argument("--train-steps", type=int, default=None)
     ap.add_argument("--eval-max-side", type=int, default=None)
+    ap.add_argument("--search-set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a search-config field for every search, e.g. op_sampling=sample or pretrain_steps=1000")
     a = ap.parse_args()
+    search_set = {}
+    for kv in a.search_set:
+        k, _, v = kv.partition("=")
+        try:
+            search_set[k] = json.loads(v)
+        except json.JSONDecodeError:
+            search_set[k] = v
 
     import torch
 
@@ -54,7 +63,7 @@ def main() -> None:
         if not (sdir / "genotype.json").is_file():
             run_search_job(SearchJob(teacher=a.teacher, images=a.images, out=sdir, preset=a.preset, ratio=a.ratio,
                                      resume=(sdir / "checkpoint.safetensors").is_file(), quiet=True,
-                                     overrides={"seed": seed}))
+                                     overrides={**search_set, "seed": seed}))
         nets.append((f"searched-{seed}", sdir / "genotype.json"))
     gs = [Genotype.load(p) for _, p in nets]
     space = SearchSpace(gs[0].config)

@@ -12,6 +12,10 @@ Procedure (AutoGAN-Distiller's, with a budget controller that needs no tuning):
    budget is derived and scored by the distillation loss of the supernet fixed to it on central crops of
    the selection images, which neither step trains on; the best scoring one is kept, not the last.
 
+In both phases every forward chooses operators as ``op_sampling`` (SR) or ``translation_op_sampling``
+says: AGD's softmax-weighted mixture of all candidates, or one candidate per layer drawn from softmax(α)
+(single-path; α learns through the sample's straight-through gate, as the widths do).
+
 The supernet runs in the derived student's convention (:func:`agd.student.image_forward`: translation
 networks see [-1, 1]), so a fixed supernet and ``Student(derive(g, supernet))`` compute the same image.
 
@@ -101,6 +105,7 @@ class Search:
                            f"{teacher.info.name} x{teacher.info.scale}")
         self.weights_half, self.arch_half, self.selection = D.split(items)
         self.patch = cfg.crop(self.space.kind)
+        self.op_sampling = cfg.ops_for(self.space.kind)
         D.check_patch(items, self.patch)
         torch.manual_seed(cfg.seed)
         self.supernet = Supernet(self.space).to(self.device)
@@ -191,7 +196,7 @@ class Search:
         self.opt_a.zero_grad(set_to_none=True)
         total = 0.0
         for mode in ("max", "min", "random"):
-            self.supernet.set_sampling(ops="mixture", widths=mode)
+            self.supernet.set_sampling(ops=self.op_sampling, widths=mode)
             out, _ = self.ddp(b["inp"])
             loss = self._distill(out, b, self.pretrain_loss_fn) / 3
             if not _finite(loss):
@@ -211,7 +216,7 @@ class Search:
         modes = ("gumbel", "max", "min") if self.cfg.sandwich else ("gumbel",)
         total, cost_seen = 0.0, None
         for mode in modes:
-            self.supernet.set_sampling(ops="mixture", widths=mode, tau=tau)
+            self.supernet.set_sampling(ops=self.op_sampling, widths=mode, tau=tau)
             t0 = time.perf_counter()
             out, cost = self.ddp(b["inp"])
             t1 = time.perf_counter()
@@ -273,7 +278,7 @@ class Search:
 
         def forward(mode: str):
             def run() -> torch.Tensor:
-                self.supernet.set_sampling(ops="mixture", widths=mode, tau=self.cfg.tau_start)
+                self.supernet.set_sampling(ops=self.op_sampling, widths=mode, tau=self.cfg.tau_start)
                 return self.model(b["inp"])[0]
             return run
 
