@@ -34,6 +34,7 @@ app.add_typer(arch_app, name="arch")
 # -- registered command groups --
 from agd.commands.bench import bench_app  # noqa: E402
 app.add_typer(bench_app, name="bench")
+from agd.commands.compress_cli import RANGE_HELP, SCALE_HELP, TASK_HELP  # noqa: E402
 from agd.commands.compress_cli import baseline_cmd, compress_cmd, eval_cmd, search_cmd, train_cmd  # noqa: E402
 app.command("baseline")(baseline_cmd)
 app.command("search")(search_cmd)
@@ -116,13 +117,16 @@ def teachers_run(
     device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, cuda:1."),
     tile: int = typer.Option(256, min=16, help="Tile size in input pixels; bounds memory for large images."),
     overlap: int = typer.Option(16, min=0, help="Overlap between tiles in input pixels."),
-    task: Optional[str] = typer.Option(None, help="For custom teachers: sr or translation."),
-    scale: Optional[int] = typer.Option(None, help="For custom SR teachers: the upscaling factor."),
+    task: Optional[str] = typer.Option(None, help=TASK_HELP),
+    scale: Optional[int] = typer.Option(None, min=1, help=SCALE_HELP),
+    teacher_range: Optional[str] = typer.Option(None, "--teacher-range", help=RANGE_HELP),
 ) -> None:
     """Run a teacher over a folder of images, tile by tile, with a progress bar."""
     from agd.commands.teachers import run_teacher_on_folder
+    from agd.teachers import TeacherSpec, parse_range
 
-    run_teacher_on_folder(name, in_dir, out_dir, device=device, tile=tile, overlap=overlap, task=task, scale=scale)
+    run_teacher_on_folder(TeacherSpec(name, task, scale, parse_range(teacher_range)), in_dir, out_dir, device=device,
+                          tile=tile, overlap=overlap)
 
 
 @space_app.command("show")

@@ -104,3 +104,38 @@ def test_cyclegan_resnet9_reference_counts():
     assert count_macs(g, (1, 3, 256, 256)) / 1e9 == pytest.approx(49.55, abs=0.005)
     assert count_macs(g, (1, 3, 256, 256), transposed="output") / 1e9 == pytest.approx(56.80, rel=1e-3)
     assert count_params(g) == 11_388_675
+
+
+@pytest.mark.parametrize("name,scale", [("sr-tiny", 2), ("sr-tiny", 3), ("sr-tiny", 4), ("sr-x3", 3), ("sr-x2", 2)])
+def test_sr_students_count_exactly_what_their_space_tables_say(name, scale):
+    """A derived SR student at x2 / x3 / x4: the MACs counted per layer on meta tensors equal the space's
+    cost-table entries of its choices, and the total equals torch's FlopCounterMode on a real forward (the
+    nearest-x3 upsampling and the bicubic input skip count nothing)."""
+    import random
+
+    from agd.space import SearchSpace, derive, get_config
+
+    space = SearchSpace(get_config(name, scale=scale))
+    hw = (10, 13)
+    tables = space.macs_tables(hw)
+    rng = random.Random(11)
+    for k in range(3):
+        g = space.random_genotype(rng)
+        net = derive(g).eval()
+        c = count(net, (1, 3, *hw))
+        per_layer: dict[int, int] = {}
+        for mod, macs in c.by_module.items():
+            parts = mod.split(".")
+            assert parts[0] == "layers", mod  # nothing outside the layers (upsampling, skip) costs MACs
+            per_layer[int(parts[1])] = per_layer.get(int(parts[1]), 0) + macs
+        c_in = space.config.in_ch
+        for i, (spec, ch) in enumerate(zip(space.layers, g.layers)):
+            entry = tables[i][spec.ops.index(ch.op), space.in_choices(i).index(c_in), spec.widths.index(ch.width)]
+            assert per_layer.get(i, 0) == int(entry), (spec.name, ch)
+            c_in = ch.width
+        assert c.macs == space.genotype_macs(g, hw)
+        if k == 0:  # real execution (about a second each on a CPU)
+            x = torch.rand(1, 3, *hw)
+            assert c.macs == _flop_counter_macs(net, x) == count_macs(net, x, device="cpu")
+            with torch.no_grad():
+                assert net(x).shape == (1, 3, hw[0] * scale, hw[1] * scale)

@@ -302,6 +302,8 @@ def _nets():
         space = SearchSpace(get_config(task))
         for op in ("dwsblock", "resblock"):
             out.append((f"{task}-{op}", derive(space.max_genotype(op)), space.config.reference_size))
+    x3 = SearchSpace(get_config("sr-tiny", scale=3))  # one nearest-x3 upsampling round
+    out.append(("sr-tiny-x3", derive(x3.random_genotype(random.Random(2))), x3.config.reference_size))
     return out
 
 

@@ -358,8 +358,14 @@ def test_teacher_features_unknown_structure() -> None:
     t = _teacher(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1)), "translation", 1)
     with pytest.raises(AgdError, match="VGG weights"):
         TeacherFeatures(t)
+    # the loss does without: its perceptual terms off, said in the record; pixel L1 alone distils
+    loss = DistillLoss("tiny-translation", teacher=t)
+    assert loss.extractor is None and "are unknown to agd" in loss.describe()["fallback"]
+    s, y = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    total, terms = loss(s, y)
+    assert set(terms) == {"pixel"} and torch.allclose(total, get_preset("tiny-translation").pixel * (s - y).abs().mean())
     with pytest.raises(AgdError, match="VGG weights"):
-        DistillLoss("tiny-translation", teacher=t)
+        DistillLoss("tiny-translation", teacher=t, allow_fallback=False)
 
 
 # ---------------------------------------------------------------- DistillLoss

@@ -34,7 +34,8 @@ _run = run_cli
 
 
 # ---------------------------------------------------------------- the supernet's convention
-@pytest.mark.parametrize("space", ["translation-tiny", "sr-tiny", "translation", "sr-x4", "translation-tiny+colour"])
+@pytest.mark.parametrize("space", ["translation-tiny", "sr-tiny", "translation", "sr-x4", "sr-x3", "sr-x2",
+                                   "translation-tiny+colour"])
 def test_fixed_supernet_equals_the_derived_student(space):
     """The search's forward of a supernet fixed to a genotype equals Student(derive(g, supernet)) on [0, 1]
     images: the weights the student inherits were trained in its own convention (with the learned colour
@@ -257,6 +258,26 @@ def test_sr_input_skip_is_bicubic_and_old_genotypes_keep_their_topology():
     assert Genotype.from_dict(old).config.input_skip == "none"
     with pytest.raises(AgdError, match="input_skip 'lanczos'"):
         get_config("sr-tiny", input_skip="lanczos")
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("skip", ["bicubic", "bilinear", "nearest"])
+def test_sr_input_skip_upscales_the_input_by_the_whole_scale(scale, skip):
+    """The input skip interpolates the input once, by the network's scale (x3 in one step, not in x2 rounds):
+    with a zero last layer the network is exactly that interpolation."""
+    g = SearchSpace(get_config("sr-tiny", scale=scale, input_skip=skip)).random_genotype(random.Random(1))
+    net = derive(g)
+    with torch.no_grad():
+        net.layers[-1].conv.weight.zero_()
+        if net.layers[-1].conv.bias is not None:
+            net.layers[-1].conv.bias.zero_()
+    x = torch.rand(1, 3, 7, 9)
+    kw = {} if skip == "nearest" else {"align_corners": False}
+    ref = torch.nn.functional.interpolate(x, scale_factor=float(scale), mode=skip, **kw)
+    with torch.no_grad():
+        y = net(x)
+    assert y.shape == ref.shape == (1, 3, 7 * scale, 9 * scale)
+    assert torch.allclose(y, ref, atol=1e-6)
 
 
 # ---------------------------------------------------------------- held-out evaluation

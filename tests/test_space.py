@@ -10,25 +10,35 @@ import torch
 from agd.cost import count_macs
 from agd.io import AgdError
 from agd.space import (
-    Genotype, LayerChoice, SearchSpace, Supernet, TemperatureSchedule, derive, get_config, op_valid, width_choices,
+    PRESETS, Genotype, LayerChoice, SearchSpace, Supernet, TemperatureSchedule, derive, get_config, op_valid,
+    sr_space_for_scale, up_factors, width_choices,
 )
 from agd.space.blocks import ConvNormAct, DwsBlock, Identity, ResBlock, Style
 
 # small inputs for forward passes (odd sizes); the reference size for MACs
-FORWARD_HW = {"translation": (20, 28), "sr-x4": (9, 11), "sr-x2": (7, 10), "translation-tiny": (17, 23), "sr-tiny": (7, 9)}
+FORWARD_HW = {"translation": (20, 28), "sr-x4": (9, 11), "sr-x3": (8, 9), "sr-x2": (7, 10),
+              "translation-tiny": (17, 23), "sr-tiny": (7, 9), "sr-tiny-x3": (7, 9)}
 N_RANDOM = 100
+
+
+def _config(name: str):
+    """A preset by name, or ``PRESET-xS`` for a preset without that name: the preset at scale S (``sr-tiny-x3``)."""
+    if name in PRESETS:
+        return get_config(name)
+    preset, _, scale = name.rpartition("-x")
+    return get_config(preset, scale=int(scale))
 
 
 def _randomised_supernet(name: str) -> Supernet:
     torch.manual_seed(0)
-    sn = Supernet(SearchSpace(get_config(name)))
+    sn = Supernet(SearchSpace(_config(name)))
     with torch.no_grad():  # non-trivial norms and biases too
         for p in sn.weight_parameters():
             p.normal_(0.0, 0.1) if p.dim() > 1 else p.uniform_(0.5, 1.5)
     return sn.eval()
 
 
-@pytest.mark.parametrize("name", ["translation", "sr-x4"])
+@pytest.mark.parametrize("name", ["translation", "sr-x4", "sr-tiny-x3"])
 def test_random_genotypes_supernet_equals_derived_and_exports(name):
     """Acceptance, 100 random genotypes per space: (a) one-hot supernet ≡ derived network with inherited
     weights (max abs diff <= 1e-5, float32), (b) torch.export succeeds on the derived network, (c) the
@@ -72,7 +82,8 @@ def test_derived_network_is_standard_ops_only():
     assert not any("agd" in t for t in targets), targets
 
 
-@pytest.mark.parametrize("name", ["translation", "sr-x4", "sr-x2", "translation-tiny", "sr-tiny"])
+@pytest.mark.parametrize("name", ["translation", "sr-x4", "sr-x3", "sr-x2", "translation-tiny", "sr-tiny",
+                                  "sr-tiny-x3"])
 def test_macs_extremes_match_brute_force(name):
     """The printed min/max equal an independent computation. For the tiny spaces: exhaustive over every
     architecture, each summed from the blocks' own MACs formulas (no DP), with the counter run on the derived
@@ -80,14 +91,14 @@ def test_macs_extremes_match_brute_force(name):
     sr-tiny networks counted one by one took 10 minutes). For the full spaces the DP's argmin/argmax genotypes
     are counted and no random genotype beats them."""
     # exhaustive enumeration on the tiny translation space with a fixed stem/header keeps it fast
-    space = SearchSpace(get_config(name, search_stem_header=False) if name == "translation-tiny" else get_config(name))
+    space = SearchSpace(get_config(name, search_stem_header=False) if name == "translation-tiny" else _config(name))
     (mn, gmin), (mx, gmax) = space.macs_extremes()
     ref = (1, 3, *space.config.reference_size)
     with torch.device("meta"):
         assert count_macs(derive(gmin), ref) == mn
         assert count_macs(derive(gmax), ref) == mx
     rng = random.Random(7)
-    if name.endswith("tiny"):
+    if "tiny" in name:
         sizes = space.input_sizes()
         counts = []
         per_layer = [[(op, w) for op in s.ops for w in s.widths] for s in space.layers]
@@ -126,6 +137,128 @@ def test_space_facts():
     assert len(sr.layers) == 1 + 25 + 1 + 2 + 2
     assert sr.layers[5].widths == (64,) and sr.layers[1].widths == (24, 32, 40, 56, 64)
     assert sr.input_sizes((10, 12))[-1] == (40, 48)
+
+
+def test_sr_scales_upsample_in_rounds_of_their_factors():
+    """x2: one nearest-x2 round, x3: one nearest-x3 round, x4: two x2 rounds, x8: three; one conv_up layer per
+    round, running at the size after its round; other scales are refused, naming the supported ones."""
+    assert [up_factors(s) for s in (1, 2, 3, 4, 8)] == [(), (2,), (3,), (2, 2), (2, 2, 2)]
+    for bad in (0, 5, 6, 16, True):
+        with pytest.raises(AgdError, match=r"SR scale \S+ is not supported \(supported: 1, 2, 3, 4, 8\)"):
+            get_config("sr-x4", scale=bad)
+    expected = {2: [(20, 24)], 3: [(30, 36)], 4: [(20, 24), (40, 48)], 8: [(20, 24), (40, 48), (80, 96)]}
+    for scale, ups in expected.items():
+        space = SearchSpace(get_config("sr-x4", scale=scale) if scale == 8 else get_config(f"sr-x{scale}"))
+        assert space.scale == scale
+        sizes = dict(zip((s.name for s in space.layers), space.input_sizes((10, 12))))
+        assert [n for n in sizes if n.startswith("conv_up")] == [f"conv_up{i + 1}" for i in range(len(ups))]
+        assert [sizes[f"conv_up{i + 1}"] for i in range(len(ups))] == ups
+        assert sizes["conv_body"] == (10, 12) and sizes["conv_hr"] == sizes["conv_last"] == (10 * scale, 12 * scale)
+        assert len(space.layers) == 1 + 25 + 1 + len(ups) + 2
+    assert len(SearchSpace(get_config("sr-x4", scale=1)).input_sizes((10, 12))) == 1 + 25 + 1 + 2
+    from agd.space.networks import SRGenerator
+
+    with pytest.raises(ValueError, match="up_factors 2 must be a sequence"):  # the old n_up argument
+        SRGenerator(torch.nn.ModuleList([torch.nn.Identity()] * 6), 1, 1, 2)
+
+
+def test_every_preset_sr_scale_has_its_space():
+    """The space a teacher of each scale is searched in by default (the search and command layers ask
+    sr_space_for_scale); a scale without a preset is an error naming those with one."""
+    assert {s: sr_space_for_scale(s) for s in (2, 3, 4)} == {2: "sr-x2", 3: "sr-x3", 4: "sr-x4"}
+    for s in (2, 3, 4):
+        cfg = get_config(sr_space_for_scale(s))
+        assert cfg.kind == "sr" and cfg.scale == s and cfg == get_config("sr-x4", scale=s)
+    for bad in (1, 5, 8):
+        with pytest.raises(AgdError, match=rf"no SR search space for x{bad}; spaces exist for x2, x3, x4"):
+            sr_space_for_scale(bad)
+
+
+def _table_macs(space: SearchSpace, tables, g: Genotype) -> int:
+    """A genotype's MACs read off the space's cost tables (the entries the search's expected cost uses)."""
+    total, c_in = 0, space.config.in_ch
+    for i, (spec, ch) in enumerate(zip(space.layers, g.layers)):
+        t = tables[i][spec.ops.index(ch.op), space.in_choices(i).index(c_in), spec.widths.index(ch.width)]
+        assert not torch.isnan(t), (spec.name, ch)
+        total += int(t)
+        c_in = ch.width
+    return total
+
+
+@pytest.mark.parametrize("name", ["sr-x2", "sr-x3", "sr-x4", "sr-tiny-x3"])
+def test_sr_student_upscales_by_its_scale_and_costs_its_table_entries(name):
+    """A derived student maps H x W to sH x sW (the bare network and Student alike), and the MACs counted
+    on it equal its entries of the space's cost tables, at the reference size and at an odd one."""
+    from agd.student import Student
+
+    space = SearchSpace(_config(name))
+    s, hw = space.scale, (11, 7)
+    tables = {space.config.reference_size: space.macs_tables(), hw: space.macs_tables(hw)}
+    rng = random.Random(3)
+    x = torch.rand(1, 3, 5, 7)
+    for _ in range(4):
+        g = space.random_genotype(rng)
+        net = derive(g).eval()
+        with torch.no_grad():
+            y, ys = net(x), Student(g, net)(x)
+        assert y.shape == ys.shape == (1, 3, 5 * s, 7 * s)
+        for size, t in tables.items():
+            with torch.device("meta"):
+                counted = count_macs(derive(g), (1, 3, *size))
+            assert counted == _table_macs(space, t, g) == space.genotype_macs(g, size), (name, size, g.to_json())
+
+
+def _x2_round_forward(net, x: torch.Tensor) -> torch.Tensor:
+    """The SR generator's forward as written before x3 existed: one nearest-x2 round per conv_up layer, the
+    input skip at 2 ** rounds."""
+    import torch.nn.functional as F
+
+    layers = list(net.layers)
+    n_up = len(layers) - 1 - net.n_cells * net.layers_per_cell - 1 - 2
+    it = iter(layers)
+    fea = next(it)(x)
+    h = fea
+    for _ in range(net.n_cells):
+        y = h
+        for _ in range(net.layers_per_cell):
+            y = next(it)(y)
+        h = h + net.cell_scale * y
+    fea = fea + next(it)(h)
+    for _ in range(n_up):
+        fea = next(it)(F.interpolate(fea, scale_factor=2.0, mode="nearest"))
+    out = next(it)(fea)
+    out = next(it)(out)
+    if net.input_skip == "none":
+        return out
+    kw = {} if net.input_skip == "nearest" else {"align_corners": False}
+    return out + F.interpolate(x, scale_factor=float(2**n_up), mode=net.input_skip, **kw)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("skip", [None, "bicubic", "nearest"])
+def test_x2_and_x4_genotype_files_build_the_networks_they_did(scale, skip):
+    """Genotype files written when SR upsampled in x2 rounds only (examples/sr_x4_small.json, and the same
+    at x2 without conv_up2; no input_skip field, or one) load, and build the same layers, parameter names and
+    shapes and the same output bit for bit as the x2-round forward."""
+    from pathlib import Path
+
+    d = json.loads(Path("examples/sr_x4_small.json").read_text())
+    if scale == 2:
+        d["scale"] = d["space"]["scale"] = 2
+        d["layers"] = [c for c in d["layers"] if c["name"] != "conv_up2"]
+    if skip:
+        d["space"]["input_skip"] = skip
+    g = Genotype.from_dict(d)
+    assert g.scale == scale and g.config.input_skip == (skip or "none")
+    torch.manual_seed(0)
+    net = derive(g).eval()
+    assert net.up_factors == (2,) * (scale // 2) and net.n_up == scale // 2
+    names = [c.name for c in g.layers]
+    assert [n for n in names if n.startswith("conv_up")] == [f"conv_up{i + 1}" for i in range(scale // 2)]
+    assert len(net.layers) == len(names) and all(k.startswith("layers.") for k in net.state_dict())
+    x = torch.rand(1, 3, 9, 11, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(net(x), _x2_round_forward(net, x))
 
 
 def test_block_macs_formulas_match_the_cost_model():
@@ -298,3 +431,25 @@ def test_cli_space_and_arch_show(tmp_path, capsys):
 
     assert Image.open(tmp_path / "a.png").size[0] > 400
     assert "total" in run("arch", "show", "examples/translation_r9_small.json")
+
+
+def test_cli_space_show_sr_x3(capsys):
+    """``agd space show --task sr-x3``: one conv_up layer at 3x the input, the space's own extremes; the
+    default SR teacher is x4, so no teacher MACs are compared."""
+    from cli_helpers import run_cli
+
+    code, out, err = run_cli(capsys, "space", "show", "--task", "sr-x3", "--size", "20x24", "--json")
+    assert code == 0, err
+    s = json.loads(out)
+    space = SearchSpace(get_config("sr-x3"))
+    assert s["space"] == "sr-x3" and s["kind"] == "sr" and s["scale"] == 3 and s["input"] == [1, 3, 20, 24]
+    sizes = {r["name"]: r["input_size"] for r in s["layers"]}
+    assert [n for n in sizes if n.startswith("conv_up")] == ["conv_up1"]
+    assert sizes["conv_body"] == [20, 24] and sizes["conv_up1"] == sizes["conv_last"] == [60, 72]
+    (mn, gmin), (mx, _) = space.macs_extremes((20, 24))
+    assert (s["min_macs"], s["max_macs"]) == (mn, mx) and s["architectures"] == space.num_architectures()
+    assert s["teacher_macs"] is None
+    with torch.device("meta"):
+        assert count_macs(derive(Genotype.from_dict(s["min_genotype"])), (1, 3, 20, 24)) == mn
+    out = run("space", "show", "--task", "sr-x3")
+    assert "sr-x3" in out and "x3" in out and "768x768" in out

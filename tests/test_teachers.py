@@ -219,7 +219,7 @@ def test_safetensors_and_scale_hint(tmp_path):
     assert load_rrdbnet(sd, scale=4).in_ch == 12
     with pytest.raises(AgdError, match="cannot be an x8 RRDBNet"):
         load_teacher(path, scale=8)
-    with pytest.raises(AgdError, match="is a sr model, not translation"):
+    with pytest.raises(AgdError, match="--task translation contradicts what it is: a sr model"):
         load_teacher(path, task="translation")
 
 
@@ -458,25 +458,29 @@ def test_module_factory(tmp_path, monkeypatch):
     (tmp_path / "agd_test_teacher_factories.py").write_text(FACTORY_SOURCE)
     monkeypatch.syspath_prepend(str(tmp_path))
     spec = "agd_test_teacher_factories:make_x2"
-    t = load_teacher(spec, task="sr")  # scale measured on a 16x16 input
+    t = load_teacher(spec)  # task and scale from one probe forward
     assert t.info.scale == 2 and t.info.task == "sr" and t.identity.startswith(spec + ":")
     assert t(torch.rand(1, 3, 5, 7)).shape == (1, 3, 10, 14)
     assert not any(p.requires_grad for p in t.module.parameters())
-    assert load_teacher(spec, task="sr").identity == t.identity
-    tr = load_teacher("agd_test_teacher_factories:make_tr", task="translation")
+    assert load_teacher(spec, task="sr", scale=2).identity == t.identity
+    tr = load_teacher("agd_test_teacher_factories:make_tr")
     x = torch.rand(1, 3, 5, 7)
+    assert tr.info.task == "translation" and tr.info.range == (0.0, 1.0)
     with torch.no_grad():
-        torch.testing.assert_close(tr(x), (tr.module(2 * x - 1) + 1) / 2)
-    assert tr.identity != t.identity
-    with pytest.raises(AgdError, match="needs its task"):
-        load_teacher(spec)
+        torch.testing.assert_close(tr(x), tr.module(x))  # [0, 1], the default for a module agd probes
+    tr_signed = load_teacher("agd_test_teacher_factories:make_tr", value_range=(-1, 1))
+    with torch.no_grad():
+        torch.testing.assert_close(tr_signed(x), (tr_signed.module(2 * x - 1) + 1) / 2)
+    assert len({tr.identity, tr_signed.identity, t.identity}) == 3
+    with pytest.raises(AgdError, match="--task translation contradicts what it is: a sr model"):
+        load_teacher(spec, task="translation")
     with pytest.raises(AgdError, match="returned a int, not a torch.nn.Module"):
         load_teacher("agd_test_teacher_factories:not_a_module", task="sr")
     with pytest.raises(AgdError, match="has no attribute 'nope'"):
         load_teacher("agd_test_teacher_factories:nope", task="sr")
     with pytest.raises(AgdError, match="cannot import module"):
         load_teacher("agd_no_such_module_xyz:make", task="sr")
-    with pytest.raises(AgdError, match="translation teacher has scale 1"):
+    with pytest.raises(AgdError, match="--scale 2 contradicts what it is: a translation model, scale 1"):
         load_teacher("agd_test_teacher_factories:make_tr", task="translation", scale=2)
     monkeypatch.delitem(sys.modules, "agd_test_teacher_factories", raising=False)
 
@@ -486,14 +490,14 @@ def test_exported_program(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.PixelShuffle(2)).eval()
     x = torch.rand(1, 3, 8, 8)
     path = tmp_path / "tiny_x2.pt2"
-    torch.export.save(torch.export.export(model, (x,)), str(path))
-    t = load_teacher(path, task="sr")
-    assert t.info.scale == 2 and t.info.name == "tiny_x2"
+    h, w = torch.export.Dim("h", min=2, max=1024), torch.export.Dim("w", min=2, max=1024)
+    torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({2: h, 3: w},)), str(path))
+    t = load_teacher(path)
+    assert t.info.scale == 2 and t.info.task == "sr" and t.info.name == "tiny_x2"
     with torch.no_grad():
         torch.testing.assert_close(t(x), model(x))
+        torch.testing.assert_close(t(x[..., :5, :7]), model(x[..., :5, :7]))
     assert t.identity.startswith("tiny_x2:")
-    with pytest.raises(AgdError, match="needs its task"):
-        load_teacher(path)
     (tmp_path / "junk.pt2").write_bytes(b"not a zip")
     with pytest.raises(AgdError, match=r"junk\.pt2: cannot be read"):
         load_teacher(tmp_path / "junk.pt2", task="sr")

@@ -126,6 +126,23 @@ def test_compile_with_weights_records_them(tmp_path, x86):
         compile_genotype(other, x86, tmp_path / "b", CompileConfig(), weights=tmp_path / "bad.pt")
 
 
+def test_compile_sr_x3_student_upscales_by_three(tmp_path, x86):
+    """An x3 SR student (one nearest-x3 upsampling, the bicubic skip at x3) exports to TVM and its x86
+    build matches PyTorch."""
+    from agd.space import Genotype
+    from agd.tuning.artifact import load_generator
+
+    g = SearchSpace(get_config("sr-tiny", scale=3)).random_genotype(random.Random(3))
+    gpath = g.save(tmp_path / "sr-x3.json")
+    man = compile_genotype(gpath, x86, tmp_path / "a", CompileConfig(size=(11, 9)))
+    assert man["input_shape"] == [1, 3, 11, 9] and man["output_shape"] == [1, 3, 33, 27]
+    assert man["max_abs_error"] <= 1e-4
+    model = load_generator(Genotype.load(gpath), None)
+    x = torch.rand(1, 3, 11, 9)
+    _, run = load_artifact(tmp_path / "a")
+    np.testing.assert_allclose(run(x.numpy()), model(x).detach().numpy(), atol=1e-4)
+
+
 def test_failed_numerical_check_writes_nothing(tmp_path, x86, monkeypatch):
     from agd.tuning import measure
 

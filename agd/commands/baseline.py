@@ -59,7 +59,7 @@ def random_within_budget(space: SearchSpace, budget: float, seed: int, tol: floa
     return derive_within_budget(space, ops, widths, space.macs_tables(), budget, tol=tol)
 
 
-def run_baseline_job(searched: Path, *, teacher_spec: str, images: Path | None, out: Path, preset: str, seeds: int,
+def run_baseline_job(searched: Path, *, teacher_spec=None, images: Path | None, out: Path, preset: str, seeds: int,
                      device: str, searched_weights: Path | None = None, quiet: bool = False,
                      train_overrides: dict | None = None, eval_images: Path | None = None,
                      exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None,

@@ -7,12 +7,30 @@ from typing import Optional
 
 import typer
 
-TEACHER_HELP = "A named teacher (agd teachers list), a checkpoint, module:factory or a .pt2 file."
+TEACHER_HELP = ("A named teacher (agd teachers list), a checkpoint, module:factory or a .pt2 file "
+                "(default realesrgan-x4plus; on --resume the run's own).")
+TASK_HELP = "The teacher's task, sr or translation (default: found by one probe forward; given, checked against it)."
+SCALE_HELP = "The teacher's SR scale (default: found by the probe; given, checked against it)."
+RANGE_HELP = ("The value range the teacher's images are in, LOW,HIGH: 0,1 (the default for modules agd probes) "
+              "or -1,1 (CycleGAN-style); a module's value_range attribute says it too.")
 IMAGES_HELP = "Folder of training images (default: the built-in sample images)."
 
 
+def teacher_spec(teacher: Optional[str], task: Optional[str], scale: Optional[int], teacher_range: Optional[str]):
+    """The command line's word on the teacher, or None when it says nothing (the default teacher, or on
+    --resume the run's)."""
+    from agd.teachers import TeacherSpec, parse_range
+
+    if teacher is None and task is None and scale is None and teacher_range is None:
+        return None
+    return TeacherSpec(teacher, task, scale, parse_range(teacher_range))
+
+
 def search_cmd(
-    teacher: str = typer.Option("realesrgan-x4plus", help=TEACHER_HELP),
+    teacher: Optional[str] = typer.Option(None, help=TEACHER_HELP),
+    task: Optional[str] = typer.Option(None, help=TASK_HELP),
+    scale: Optional[int] = typer.Option(None, min=1, help=SCALE_HELP),
+    teacher_range: Optional[str] = typer.Option(None, "--teacher-range", help=RANGE_HELP),
     images: Optional[Path] = typer.Option(None, help=IMAGES_HELP),
     out: Path = typer.Option(Path("runs/search"), help="Run folder."),
     preset: str = typer.Option("tiny", help="Search preset: tiny, cpu, small, paper."),
@@ -29,7 +47,7 @@ def search_cmd(
     steps: Optional[int] = typer.Option(None, help="Override the preset's search steps."),
     pretrain_steps: Optional[int] = typer.Option(None, help="Override the preset's pretraining steps."),
     seed: Optional[int] = typer.Option(None, help="Override the preset's seed."),
-    space: Optional[str] = typer.Option(None, help="Space preset (default: the teacher's task: translation, sr-x4)."),
+    space: Optional[str] = typer.Option(None, help="Space preset (default: the teacher's task and scale: translation, sr-x2, sr-x3, sr-x4)."),
     batch: Optional[int] = typer.Option(None, help="Override the preset's global batch size."),
 ) -> None:
     """Search an architecture within a budget by distillation from the teacher (torchrun: data parallel)."""
@@ -39,7 +57,7 @@ def search_cmd(
 
     init_distributed(device)
     overrides = {"search_steps": steps, "pretrain_steps": pretrain_steps, "seed": seed, "space": space, "batch": batch}
-    run_search_job(SearchJob(teacher=teacher, images=images, out=out, preset=preset, macs=macs, ratio=ratio,
+    run_search_job(SearchJob(teacher=teacher_spec(teacher, task, scale, teacher_range), images=images, out=out, preset=preset, macs=macs, ratio=ratio,
                              latency=latency, latency_table=latency_table, target=target,
                              latency_size=parse_size(latency_size, "--latency-size"),
                              device=device, resume=resume, vgg_weights=vgg_weights,
@@ -48,7 +66,10 @@ def search_cmd(
 
 def train_cmd(
     genotype: Path = typer.Argument(..., help="Genotype JSON (from agd search, or examples/)."),
-    teacher: str = typer.Option("realesrgan-x4plus", help=TEACHER_HELP),
+    teacher: Optional[str] = typer.Option(None, help=TEACHER_HELP),
+    task: Optional[str] = typer.Option(None, help=TASK_HELP),
+    scale: Optional[int] = typer.Option(None, min=1, help=SCALE_HELP),
+    teacher_range: Optional[str] = typer.Option(None, "--teacher-range", help=RANGE_HELP),
     images: Optional[Path] = typer.Option(None, help=IMAGES_HELP),
     out: Path = typer.Option(Path("runs/train"), help="Run folder."),
     preset: str = typer.Option("tiny", help="Training preset: tiny, cpu, small, paper."),
@@ -61,14 +82,17 @@ def train_cmd(
     """Train the derived student by distillation (EMA weights saved as student.safetensors)."""
     from agd.commands.pipeline import run_train_job
 
-    run_train_job(genotype, teacher_spec=teacher, images=images, out=out, preset=preset, device=device, resume=resume,
+    run_train_job(genotype, teacher_spec=teacher_spec(teacher, task, scale, teacher_range), images=images, out=out, preset=preset, device=device, resume=resume,
                   inherit=inherit, vgg_weights=vgg_weights, overrides={"steps": steps})
 
 
 def eval_cmd(
     genotype: Path = typer.Argument(..., help="Genotype JSON."),
     weights: Optional[Path] = typer.Option(None, help="Student weights (student.safetensors); default: random init."),
-    teacher: str = typer.Option("realesrgan-x4plus", help=TEACHER_HELP),
+    teacher: Optional[str] = typer.Option(None, help=TEACHER_HELP),
+    task: Optional[str] = typer.Option(None, help=TASK_HELP),
+    scale: Optional[int] = typer.Option(None, min=1, help=SCALE_HELP),
+    teacher_range: Optional[str] = typer.Option(None, "--teacher-range", help=RANGE_HELP),
     images: Optional[Path] = typer.Option(None, help="Folder of evaluation images (SR: the HR images)."),
     out: Path = typer.Option(Path("runs/eval"), help="Output folder (eval.json, eval.md, images/)."),
     max_side: Optional[int] = typer.Option(None, help="Downscale images so the longest side is at most this."),
@@ -80,12 +104,15 @@ def eval_cmd(
     """PSNR/SSIM to the ground truth (SR) and to the teacher, FID, MACs, params, latency, side-by-side images."""
     from agd.commands.pipeline import run_eval_job
 
-    run_eval_job(genotype, weights, teacher_spec=teacher, images=images, out=out, device=device, max_side=max_side,
+    run_eval_job(genotype, weights, teacher_spec=teacher_spec(teacher, task, scale, teacher_range), images=images, out=out, device=device, max_side=max_side,
                  inception=inception, backend=backend)
 
 
 def compress_cmd(
-    teacher: str = typer.Option("realesrgan-x4plus", help=TEACHER_HELP),
+    teacher: Optional[str] = typer.Option(None, help=TEACHER_HELP),
+    task: Optional[str] = typer.Option(None, help=TASK_HELP),
+    scale: Optional[int] = typer.Option(None, min=1, help=SCALE_HELP),
+    teacher_range: Optional[str] = typer.Option(None, "--teacher-range", help=RANGE_HELP),
     images: Optional[Path] = typer.Option(None, help=IMAGES_HELP),
     out: Path = typer.Option(Path("runs/compress"), help="Run folder (search/, train/, eval/, summary.md)."),
     preset: str = typer.Option("cpu", help="Preset for search and training: tiny (a few minutes, a rough student), "
@@ -95,7 +122,7 @@ def compress_cmd(
     device: str = typer.Option("cpu", help="torch device."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted compress run in --out."),
     vgg_weights: Optional[Path] = typer.Option(None, help="torchvision VGG16/VGG19 state dict for perceptual losses."),
-    space: Optional[str] = typer.Option(None, help="Space preset (default: the teacher's task)."),
+    space: Optional[str] = typer.Option(None, help="Space preset (default: the teacher's task and scale)."),
     search_steps: Optional[int] = typer.Option(None, help="Override the preset's search steps."),
     pretrain_steps: Optional[int] = typer.Option(None, help="Override the preset's pretraining steps."),
     train_steps: Optional[int] = typer.Option(None, help="Override the preset's training steps."),
@@ -112,7 +139,7 @@ def compress_cmd(
     if macs is None and ratio is None:
         ratio = 0.1
     search_over = {"space": space, "search_steps": search_steps, "pretrain_steps": pretrain_steps}
-    run_compress_job(teacher_spec=teacher, images=images, out=out, preset=preset, macs=macs, ratio=ratio,
+    run_compress_job(teacher_spec=teacher_spec(teacher, task, scale, teacher_range), images=images, out=out, preset=preset, macs=macs, ratio=ratio,
                      device=device, resume=resume, vgg_weights=vgg_weights,
                      search_overrides={k: v for k, v in search_over.items() if v is not None},
                      train_overrides={"steps": train_steps} if train_steps else None,
@@ -122,7 +149,10 @@ def compress_cmd(
 def baseline_cmd(
     genotype: Path = typer.Argument(..., help="The searched genotype (its MACs are the budget)."),
     weights: Optional[Path] = typer.Option(None, help="The searched student's trained weights; without them it is trained here too."),
-    teacher: str = typer.Option("realesrgan-x4plus", help=TEACHER_HELP),
+    teacher: Optional[str] = typer.Option(None, help=TEACHER_HELP),
+    task: Optional[str] = typer.Option(None, help=TASK_HELP),
+    scale: Optional[int] = typer.Option(None, min=1, help=SCALE_HELP),
+    teacher_range: Optional[str] = typer.Option(None, "--teacher-range", help=RANGE_HELP),
     images: Optional[Path] = typer.Option(None, help=IMAGES_HELP),
     out: Path = typer.Option(Path("runs/baseline"), help="Output folder."),
     preset: str = typer.Option("tiny", help="Training preset, the same as the searched student's."),
@@ -134,6 +164,6 @@ def baseline_cmd(
     """Hand-designed and random networks at the same MACs, trained and evaluated like the searched one."""
     from agd.commands.baseline import run_baseline_job
 
-    run_baseline_job(genotype, teacher_spec=teacher, images=images, out=out, preset=preset, seeds=seeds, device=device,
+    run_baseline_job(genotype, teacher_spec=teacher_spec(teacher, task, scale, teacher_range), images=images, out=out, preset=preset, seeds=seeds, device=device,
                      searched_weights=weights, train_overrides={"steps": train_steps} if train_steps else None,
                      eval_images=eval_images)

@@ -11,7 +11,7 @@ import torch
 from agd.io import AgdError, atomic_write_json, atomic_write_text
 
 
-def _teacher_and_items(teacher_spec: str, images: Path | None, max_side: int | None, device, cache_root: Path,
+def _teacher_and_items(teacher_spec, images: Path | None, max_side: int | None, device, cache_root: Path,
                        exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
                        translation_variants: int = 0):
     from agd.search import data as D
@@ -33,13 +33,13 @@ def _check_pair(genotype, teacher) -> None:
                        f"does {teacher.info.task} x{teacher.info.scale}")
 
 
-def run_train_job(genotype_path: Path, *, teacher_spec: str, images: Path | None, out: Path, preset: str = "tiny",
+def run_train_job(genotype_path: Path, *, teacher_spec=None, images: Path | None, out: Path, preset: str = "tiny",
                   device: str = "cpu", resume: bool = False, inherit: Path | None = None,
                   vgg_weights: Path | None = None, quiet: bool = False, overrides: dict | None = None,
                   exclude: tuple[str, ...] = ()):
     from rich.console import Console
 
-    from agd.commands.search import _progress_bar, make_loss
+    from agd.commands.search import _progress_bar, check_same_teacher, make_loss, teacher_record
     from agd.runs import RunDir
     from agd.space import Genotype, Supernet
     from agd.student import Student
@@ -48,10 +48,19 @@ def run_train_job(genotype_path: Path, *, teacher_spec: str, images: Path | None
     g = Genotype.load(genotype_path)
     cfg = get_train_config(preset, **(overrides or {}))
     run = RunDir.open(out, resume=resume)
+    saved: dict[str, Any] = {}
     if resume:
-        exclude = tuple(run.read_config().get("exclude", exclude))
+        from agd.teachers import TeacherSpec, resolve_on_resume
+
+        saved = run.read_config()
+        exclude = tuple(saved.get("exclude", exclude))
+        t_saved = saved.get("teacher")
+        teacher_spec = resolve_on_resume(None if teacher_spec is None else TeacherSpec.of(teacher_spec),
+                                         t_saved.get("spec") if isinstance(t_saved, dict) else None, str(out))
     teacher, items = _teacher_and_items(teacher_spec, images, cfg.max_side, device, out.parent, exclude=exclude,
                                         translation_variants=cfg.translation_variants)
+    if resume:
+        check_same_teacher(teacher, saved.get("teacher"), out)
     _check_pair(g, teacher)
     net = None
     if inherit is not None:
@@ -66,7 +75,7 @@ def run_train_job(genotype_path: Path, *, teacher_spec: str, images: Path | None
     student = Student(g, net)
     loss = make_loss(cfg.loss, teacher, vgg_weights, device, phase="train")
     if not resume:
-        run.write_config({"command": "train", "genotype": g.to_dict(), "teacher": teacher.identity,
+        run.write_config({"command": "train", "genotype": g.to_dict(), "teacher": teacher_record(teacher),
                           "images": str(images) if images else "built-in samples", "exclude": list(exclude),
                           "image_names": [d.name for d in items], "inherit": str(inherit) if inherit else None,
                           "train": cfg.to_dict(), "loss": loss.describe()})
@@ -84,7 +93,7 @@ def run_train_job(genotype_path: Path, *, teacher_spec: str, images: Path | None
     return run
 
 
-def run_eval_job(genotype_path: Path, weights: Path | None, *, teacher_spec: str, images: Path | None, out: Path,
+def run_eval_job(genotype_path: Path, weights: Path | None, *, teacher_spec=None, images: Path | None, out: Path,
                  device: str = "cpu", max_side: int | None = None, inception: Path | None = None, quiet: bool = False,
                  backend: str = "torch", only: tuple[str, ...] | None = None):
     from rich.console import Console
@@ -117,7 +126,7 @@ def check_eval_size(items, genotype, source) -> None:
                            f"this {genotype.task} network needs at least {need}x{need}")
 
 
-def run_compress_job(*, teacher_spec: str, images: Path | None, out: Path, preset: str, macs: str | None,
+def run_compress_job(*, teacher_spec=None, images: Path | None, out: Path, preset: str, macs: str | None,
                      ratio: float | None, device: str, resume: bool = False, vgg_weights: Path | None = None,
                      quiet: bool = False, search_overrides: dict | None = None,
                      train_overrides: dict | None = None, eval_images: Path | None = None,
@@ -150,12 +159,15 @@ def run_compress_job(*, teacher_spec: str, images: Path | None, out: Path, prese
                 raise AgdError(f"--eval-images {eval_images}: image {name} is {img.shape[1]}x{img.shape[2]} pixels; "
                                "evaluation needs at least 16x16")
     eval_source = images if eval_images is None else eval_images
+    if resume and (search_dir / "config.yaml").is_file():
+        teacher_spec = _recorded_teacher(teacher_spec, search_dir)
     console.rule("1/3 search")
     if not (resume and (search_dir / "genotype.json").is_file()):
         run_search_job(SearchJob(teacher=teacher_spec, images=images, exclude=exclude, out=search_dir, preset=preset,
                                  macs=macs, ratio=ratio, device=device,
                                  resume=resume and (search_dir / "checkpoint.safetensors").is_file(),
                                  vgg_weights=vgg_weights, quiet=quiet, overrides=search_overrides))
+    teacher_spec = _recorded_teacher(teacher_spec, search_dir)  # what the search found: task, scale, range
     console.rule("2/3 train")
     if not (resume and (train_dir / "student.safetensors").is_file()):
         run_train_job(search_dir / "genotype.json", teacher_spec=teacher_spec, images=images, out=train_dir, preset=preset,
@@ -201,6 +213,16 @@ def run_compress_job(*, teacher_spec: str, images: Path | None, out: Path, prese
     return summary
 
 
+def _recorded_teacher(given, run_dir: Path):
+    """The teacher a run folder's config.yaml records (the given one must not contradict it)."""
+    from agd.runs import RunDir
+    from agd.teachers import TeacherSpec, resolve_on_resume
+
+    saved = RunDir(run_dir).read_config().get("teacher")
+    return resolve_on_resume(None if given is None else TeacherSpec.of(given),
+                             saved.get("spec") if isinstance(saved, dict) else None, str(run_dir.parent))
+
+
 def _pareto_points(teacher, t_cost, result) -> list[dict[str, Any]]:
     """Teacher and student for the Pareto chart: against the ground truth for SR (the teacher has a score
     there), against the teacher for translation (the teacher itself is the reference, shown at 0 error)."""
@@ -216,20 +238,22 @@ def format_compress(s: dict[str, Any]) -> str:
 
     t, st, b = s["teacher"], s["student"], s["baseline"]
     shape = "x".join(map(str, s["input"]))
-    nan = float("nan")
+    def gt(d: dict, key: str = "psnr") -> str:  # translation has no ground truth: "-", not nan
+        return f"{d[key]:.2f}" if key in d else "-"
+
     ev = s["eval_images"]
     lines = [f"# agd compress: {t['name']} → student ({s['device']}, input {shape})", "",
              f"Evaluated on {len(ev['names'])} held-out images the search and training never saw "
              f"({ev['source']}: {', '.join(ev['names'])}).", "",
              "| | GMACs | params (M) | latency (ms) | PSNR to teacher | PSNR to ground truth |", "|---|---|---|---|---|---|",
              f"| teacher | {t['macs'] / 1e9:.2f} | {t['params'] / 1e6:.3f} | {t['latency_ms']:.1f} | - | "
-             f"{st.get('teacher_psnr', nan):.2f} |",
+             f"{gt(st, 'teacher_psnr')} |",
              f"| student | {st['macs'] / 1e9:.2f} | {st['params'] / 1e6:.3f} | {st['latency_ms']:.1f} | "
-             f"{st['psnr_to_teacher']:.2f} | {st.get('psnr', nan):.2f} |",
-             f"| {b['name']} (no network) | 0 | 0 | - | {b['psnr_to_teacher']:.2f} | {b.get('psnr', nan):.2f} |"]
+             f"{st['psnr_to_teacher']:.2f} | {gt(st)} |",
+             f"| {b['name']} (no network) | 0 | 0 | - | {b['psnr_to_teacher']:.2f} | {gt(b)} |"]
     for r in s.get("networks", []):
         lines.append(f"| {r['name']} (same MACs, trained alike) | {r['macs'] / 1e9:.2f} | {r['params'] / 1e6:.3f} | - | "
-                     f"{r['psnr_to_teacher']:.2f} | {r.get('psnr', nan):.2f} |")
+                     f"{r['psnr_to_teacher']:.2f} | {gt(r)} |")
     lines += ["", verdict(st["psnr_to_teacher"], b["psnr_to_teacher"], b["name"]),
               f"student / teacher: {st['macs'] / t['macs']:.3f} of the MACs, {t['latency_ms'] / st['latency_ms']:.1f}x "
               "faster in PyTorch on this device",

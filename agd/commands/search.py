@@ -13,7 +13,7 @@ from agd.io import AgdError
 
 @dataclass
 class SearchJob:
-    teacher: str = "realesrgan-x4plus"
+    teacher: Any = None  # a TeacherSpec or its source; None: the default teacher, or on --resume the recorded one
     images: Path | None = None  # None: the built-in samples
     exclude: tuple[str, ...] = ()  # image names kept out of the search (a held-out split)
     out: Path = Path("runs/search")
@@ -61,18 +61,36 @@ def make_loss(setting: str, teacher, vgg_weights: Path | None, device, phase: st
     return DistillLoss(LOSS_FOR[key], teacher=teacher, vgg_weights=vgg_weights, device=device)
 
 
+def teacher_record(teacher) -> dict[str, Any]:
+    """What a run's config.yaml says of its teacher: how to load it again and its identity."""
+    return {"spec": teacher.spec.to_dict(), "identity": teacher.identity}
+
+
+def check_same_teacher(teacher, saved: Any, out: Path) -> None:
+    """On --resume: the teacher must be the one the run began with (its identity changes with its weights)."""
+    ident = saved.get("identity") if isinstance(saved, dict) else saved
+    if ident and ident != teacher.identity:
+        raise AgdError(f"--resume {out}: teacher {teacher.source} is not the one the run began with (its weights "
+                       "or value range changed); start a new run")
+
+
 def run_search_job(job: SearchJob):
     from agd.cost import count_macs
     from agd.runs import RunDir
-    from agd.search import Search, get_search_config, macs_budget, write_results
+    from agd.search import Search, default_space, get_search_config, macs_budget, write_results
     from agd.search import data as D
+    from agd.search.budget import fit_space_to_budget, parse_macs
     from agd.space import SearchSpace, get_config
-    from agd.teachers import load_teacher
+    from agd.space.config import config_from_dict, config_to_dict
+    from agd.teachers import TeacherSpec, load_teacher, resolve_on_resume
 
     cfg = get_search_config(job.preset, **(job.overrides or {}))
     run = RunDir.open(job.out, resume=job.resume)
+    given = None if job.teacher is None else TeacherSpec.of(job.teacher)
+    saved: dict[str, Any] = {}
     if job.resume:
         saved = run.read_config()
+        given = resolve_on_resume(given, (saved.get("teacher") or {}).get("spec"), str(job.out))
         cfg = type(cfg).from_dict(saved["search"])
         job.ratio = None
         if saved["budget"]["kind"] == "macs":
@@ -82,10 +100,15 @@ def run_search_job(job: SearchJob):
             job.latency_table, job.target = Path(saved["budget"]["latency_table"]), saved["budget"]["target"]
             job.latency_size = tuple(saved["budget"]["size"]) if saved["budget"].get("size") else None
     device = torch.device(job.device)
-    teacher = load_teacher(job.teacher, device=device)
-    space_name = cfg.space or {"translation": "translation", "sr": f"sr-x{teacher.info.scale}"}[teacher.info.task]
-    space = SearchSpace(get_config(space_name))
-    tables = None
+    teacher = load_teacher(given, device=device)
+    if job.resume:
+        check_same_teacher(teacher, saved.get("teacher"), job.out)
+    space_name = cfg.space or default_space(teacher)
+    space_cfg = get_config(space_name)
+    if job.resume and saved.get("space_config"):
+        space_cfg = config_from_dict(saved["space_config"], f"{job.out}/config.yaml space_config")
+    space = SearchSpace(space_cfg)
+    tables, narrowed_by = None, saved.get("space_narrowed", 1.0)
     if job.latency is not None:
         from agd.search.budget import latency_budget
 
@@ -98,29 +121,42 @@ def run_search_job(job: SearchJob):
         teacher_macs = None
         if job.ratio is not None:
             teacher_macs = count_macs(teacher.module, (1, space.config.in_ch, *space.config.reference_size))
+        if cfg.space is None and not job.resume:  # the default space, narrowed for a compact teacher's budget
+            value = (job.ratio * teacher_macs if job.ratio is not None else None if job.macs is None
+                     else parse_macs(job.macs) if isinstance(job.macs, str) else float(job.macs))
+            if value is not None:
+                space_cfg, narrowed_by = fit_space_to_budget(space_cfg, value)
+                space = SearchSpace(space_cfg)
         budget = macs_budget(space, macs=job.macs, ratio=job.ratio, teacher_macs=teacher_macs)
     if job.resume:
         job.exclude = tuple(saved.get("exclude", ()))
     images = D.load_images(job.images, exclude=job.exclude)
     console = _console(job.quiet)
+    console.print(teacher.describe(), highlight=False)
     console.print(f"teacher {teacher.info.name}: preparing {len(images)} images (teacher outputs are cached)", highlight=False)
     with console.status("teacher pass") as status:
         items = D.prepare(images, teacher, cache_dir=job.out.parent / ".teacher-cache", max_side=cfg.max_side,
                           device=device, on_image=lambda name: status.update(f"teacher pass: {name} (cached after the first run)"))
     loss = make_loss(cfg.loss, teacher, job.vgg_weights, device)
     pretrain_loss = make_loss(cfg.loss, teacher, job.vgg_weights, device, phase="pretrain")
+    if loss.fallback and not job.resume:
+        console.print(f"loss {loss.cfg.name}: {loss.fallback}", highlight=False)
     if not job.resume:
-        run.write_config({"command": "search", "teacher": {"spec": job.teacher, "identity": teacher.identity},
+        run.write_config({"command": "search", "teacher": teacher_record(teacher),
                           "images": str(job.images) if job.images else "built-in samples",
                           "exclude": list(job.exclude), "image_names": [n for n, _ in images],
                           "budget": {"kind": budget.kind, "value": budget.value,
                                      "macs": budget.value if budget.kind == "macs" else None,
                                      "latency_table": str(job.latency_table) if job.latency_table else None,
                                      "target": job.target, "size": list(budget.size) if budget.size else None},
-                          "space": space_name, "search": cfg.to_dict(), "loss": loss.describe(),
+                          "space": space_name, "space_config": config_to_dict(space_cfg), "space_narrowed": narrowed_by,
+                          "search": cfg.to_dict(), "loss": loss.describe(),
                           "pretrain_loss": pretrain_loss.describe()})
+    if narrowed_by != 1.0:
+        console.print(f"space {space_name}: its widths narrowed to {narrowed_by:g} so that networks within the budget "
+                      f"exist ({space.config.kind}: {_widths(space_cfg)})", highlight=False)
     search = Search(cfg, teacher, items, budget, loss, run, device=device, tables=tables, progress=None,
-                    pretrain_loss_fn=pretrain_loss)
+                    pretrain_loss_fn=pretrain_loss, space_config=space_cfg)
     if not job.resume and search.rank == 0:
         from agd.io import atomic_write_json
         from agd.search.profile import matmul_peak_gflops
@@ -135,6 +171,10 @@ def run_search_job(job: SearchJob):
         console.print(f"genotype {run.path / 'genotype.json'}: {cost} ({result.cost / budget.value:.3f} x budget), "
                       f"held-out loss {result.heldout_loss:.5f}", highlight=False)
     return run, search, result
+
+
+def _widths(c) -> str:
+    return f"nf {c.nf}" if c.kind == "sr" else f"stem {c.stem_width}, down {list(c.down_widths)}, up {list(c.up_widths)}"
 
 
 def _console(quiet: bool):

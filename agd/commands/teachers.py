@@ -34,7 +34,7 @@ def teacher_rows() -> list[dict]:
 
 
 def run_teacher_on_folder(
-    spec: str,
+    spec,
     in_dir: Path,
     out_dir: Path,
     *,
@@ -54,9 +54,10 @@ def run_teacher_on_folder(
     from agd.data.images import list_images, read_image, write_image
     from agd.teachers import load_teacher, tiled_forward
 
-    kwargs = {k: v for k, v in (("task", task), ("scale", scale)) if v is not None}
+    kwargs = {k: v for k, v in (("task", task), ("scale", scale)) if v is not None}  # or in a TeacherSpec
     dev = torch.device(device)
     teacher = load_teacher(spec, device=dev, **kwargs)
+    print(teacher.describe())
     files = list_images(in_dir)
     out_dir = Path(out_dir)
     if out_dir.resolve() == Path(in_dir).resolve():

@@ -14,7 +14,8 @@ module and applies them to any [0, 1] image (the student's output and the teache
   ``t2`` = after the first downsampling (conv stride 2, norm, ReLU; 1/2 resolution),
   ``t3`` = after the second downsampling (1/4 resolution), ... one tap per downsampling stage;
 - any other teacher (a ``module:factory``, a ``.pt2`` program): its structure is unknown, so it cannot
-  serve; the error asks for VGG weights.
+  serve (:func:`has_taps` says so); :class:`~agd.distill.DistillLoss` then drops its feature terms and says
+  so, or VGG weights serve.
 
 Cost: the SR taps run at the student's output (HR) resolution; ``t1`` is one conv, ``t2`` / ``t3`` add one /
 three 5-conv dense blocks (about 15x / 40x the cost of ``t1`` measured on a 2-core CPU for Real-ESRGAN x4plus).
@@ -50,6 +51,13 @@ def _translation_taps(n_down: int) -> dict[str, str]:
         taps[f"t{k + 2}"] = (f"model[{a}:{a + 3}]: downsampling {k + 1} (conv s2, norm, ReLU), "
                              f"1/{2 ** (k + 1)} resolution")
     return taps
+
+
+def has_taps(teacher: Teacher) -> bool:
+    """Whether agd knows this teacher's early layers (an RRDBNet SR or a ResnetGenerator translation teacher)."""
+    kinds = {"sr": RRDBNet, "translation": ResnetGenerator}
+    return isinstance(teacher.module, kinds[teacher.info.task]) and (
+        teacher.info.task != "sr" or teacher.module.nb >= 1)
 
 
 class TeacherFeatures(nn.Module):

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from agd.distill.config import LossConfig
-from agd.distill.features import TeacherFeatures
+from agd.distill.features import TeacherFeatures, has_taps
 from agd.distill.presets import get_preset
 from agd.distill.terms import content_distance, pixel_l1, style_distance, total_variation
 from agd.distill.vgg import VGG_FILES, VGGWeights, load_vgg, vgg_layer_index
@@ -71,6 +71,12 @@ class DistillLoss(nn.Module):
                     f"(sha256 {expected.sha256}); agd never downloads it"
                     + ("" if teacher is not None else ", or give the teacher to use its early layers instead")
                 )
+        if cfg.uses_features and cfg.extractor == "teacher" and teacher is not None and allow_fallback \
+                and not has_taps(teacher):
+            self.fallback = ((self.fallback + "; ") if self.fallback else "") + (
+                f"the layers of teacher {teacher.info.name} ({type(teacher.module).__name__}) are unknown to agd, so "
+                "the content/style terms are off and the pixel terms alone distil (give VGG weights for them)")
+            cfg = replace(cfg, content=0.0, style=0.0)
         if cfg.uses_features and cfg.extractor == "teacher":
             if teacher is None:
                 raise AgdError(f"loss {cfg.name}: the 'teacher' feature extractor needs the teacher")

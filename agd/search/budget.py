@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -80,6 +80,43 @@ def macs_budget(space: SearchSpace, *, macs: str | float | None = None, ratio: f
         raise AgdError(f"budget {value / 1e9:.3f} GMACs is above the largest network of the {space.kind} space "
                        f"({mx / 1e9:.3f} GMACs at {hw}); no search is needed")
     return Budget("macs", value)
+
+
+WIDTH_FACTORS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)
+
+
+def narrowed(config, factor: float):
+    """``config`` with every fixed width (SR: ``nf``; translation: stem, down and up widths) times ``factor``,
+    rounded to the space's ``round_to`` (at least that)."""
+    if factor == 1.0:
+        return config
+    r = lambda w: max(config.round_to, int(round(w * factor / config.round_to)) * config.round_to)  # noqa: E731
+    if config.kind == "sr":
+        return replace(config, nf=r(config.nf))
+    return replace(config, stem_width=r(config.stem_width), down_widths=tuple(r(w) for w in config.down_widths),
+                   up_widths=tuple(r(w) for w in config.up_widths))
+
+
+def fit_space_to_budget(config, value: float):
+    """A space whose networks can meet a MACs budget: ``config`` itself when its smallest network fits, else
+    the widest narrowing (:data:`WIDTH_FACTORS`) whose smallest network takes at most half the budget (room to
+    search), else the widest whose smallest fits at all. A compact teacher (an IMDN, an SRVGGNetCompact, a
+    GAN Compression student) at 1/10 of its MACs is below the smallest network of the full-width spaces.
+    Returns (config, factor); a budget below every narrowing raises, naming the smallest."""
+    def smallest(f: float) -> float:
+        return SearchSpace(narrowed(config, f)).macs_extremes()[0][0]
+
+    if smallest(1.0) <= value:
+        return config, 1.0
+    mins = {f: smallest(f) for f in WIDTH_FACTORS[1:]}
+    for room in (0.5, 1.0):
+        for f in WIDTH_FACTORS[1:]:
+            if mins[f] <= room * value:
+                return narrowed(config, f), f
+    f = WIDTH_FACTORS[-1]
+    hw = "x".join(map(str, config.reference_size))
+    raise AgdError(f"budget {value / 1e9:.3f} GMACs is below the smallest network of the {config.kind} space even at "
+                   f"{f:g} of its widths ({mins[f] / 1e9:.3f} GMACs at {hw}); give a larger --ratio or --macs")
 
 
 def cost_extremes(space: SearchSpace, tables: list[torch.Tensor]) -> tuple[float, float]:

@@ -40,7 +40,7 @@ from agd.runs import RunDir
 from agd.search import data as D
 from agd.search.budget import Budget, DualController, derive_within_budget
 from agd.search.config import SearchConfig
-from agd.space import Genotype, SearchSpace, Supernet, TemperatureSchedule
+from agd.space import Genotype, SearchSpace, Supernet, TemperatureSchedule, sr_space_for_scale
 from agd.student import image_forward
 
 PRETRAIN, SEARCH = 0, 1
@@ -70,6 +70,17 @@ class SearchResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def default_space(teacher) -> str:
+    """The search space for the teacher's task and scale (an SR scale without a space: an error naming those
+    that exist)."""
+    if teacher.info.task == "translation":
+        return "translation"
+    try:
+        return sr_space_for_scale(teacher.info.scale)
+    except AgdError as e:
+        raise AgdError(f"teacher {teacher.source or teacher.info.name}: {e}") from None
+
+
 def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -81,12 +92,15 @@ def _finite(*xs: torch.Tensor) -> bool:
 
 
 class Search:
-    """One search run; ``run()`` executes it (resuming from the run folder's checkpoint when asked)."""
+    """One search run; ``run()`` executes it (resuming from the run folder's checkpoint when asked). The space
+    is ``space_config`` when given (e.g. narrowed to fit the budget), else ``cfg.space`` or the teacher's
+    default."""
 
     def __init__(self, cfg: SearchConfig, teacher, items: list[D.DistillImage], budget: Budget,
                  loss_fn: Callable[..., tuple[torch.Tensor, dict]], run: RunDir, *, device: str | torch.device = "cpu",
                  tables: list[torch.Tensor] | None = None, progress: Callable[[dict], None] | None = None,
-                 pretrain_loss_fn: Callable[..., tuple[torch.Tensor, dict]] | None = None) -> None:
+                 pretrain_loss_fn: Callable[..., tuple[torch.Tensor, dict]] | None = None,
+                 space_config=None) -> None:
         self.cfg, self.teacher, self.budget, self.loss_fn, self.run = cfg, teacher, budget, loss_fn, run
         self.pretrain_loss_fn = pretrain_loss_fn or loss_fn
         self.device = torch.device(device)
@@ -95,8 +109,8 @@ class Search:
             raise AgdError(f"search: the batch ({cfg.batch}) must be divisible by the number of processes ({self.world})")
         from agd.space import get_config
 
-        space_name = cfg.space or {"translation": "translation", "sr": f"sr-x{teacher.info.scale}"}[teacher.info.task]
-        self.space = SearchSpace(get_config(space_name))
+        space_name = cfg.space or default_space(teacher)
+        self.space = SearchSpace(space_config if space_config is not None else get_config(space_name))
         if self.space.kind != teacher.info.task:
             raise AgdError(f"search: the {space_name} space is for {self.space.kind}, the teacher "
                            f"{teacher.info.name} does {teacher.info.task}")

@@ -8,7 +8,8 @@ The defaults follow AutoGAN-Distiller's spaces (Fu et al., ICML 2020) plus what 
   InstanceNorm + ReLU; stem and header widths searchable;
 - super-resolution: conv3x3 (nf 64) → ``n_cells`` cells of ``layers_per_cell`` searchable layers (cell
   output ``0.2 * cell(x) + x``, inner widths searchable, cell in/out fixed at nf) → trunk conv3x3 + global
-  skip → per x2: nearest upsampling, conv3x3, LeakyReLU(0.2) → conv_hr (LeakyReLU) → conv_last; no norm.
+  skip → per upsampling round (:func:`up_factors`: x2 one round of 2, x3 one of 3, x4 two of 2, x8 three
+  of 2): nearest upsampling, conv3x3, LeakyReLU(0.2) → conv_hr (LeakyReLU) → conv_last; no norm.
   Beyond AGD (``search_tail``, on by default): the upsampling convs and conv_hr choose their widths and
   between conv3x3 and conv1x1, and conv_hr may be removed (identity). At x4 these run at 4x and 16x the
   LR pixel count and hold most of the MACs of any small network: with them fixed (3x3, 64 channels)
@@ -34,6 +35,18 @@ INPUT_SKIPS = ("none", "bicubic", "bilinear", "nearest")  # SR: how the input is
 # translation: the output is the network's residual plus the input ("identity") or plus a learned 3x3 colour
 # matrix and offset of the input ("colour", a 1x1 convolution that starts as the identity), or the network alone
 TRANSLATION_SKIPS = ("none", "identity", "colour")
+# SR scale → the nearest-upsampling factors of its rounds, one conv_up layer each (x2 rounds as ESRGAN's;
+# x3 in one round, as EDSR's and RCAN's x3 upsamplers)
+SR_UP_FACTORS: dict[int, tuple[int, ...]] = {1: (), 2: (2,), 3: (3,), 4: (2, 2), 8: (2, 2, 2)}
+SR_SCALES = tuple(SR_UP_FACTORS)
+
+
+def up_factors(scale: int) -> tuple[int, ...]:
+    """The upsampling rounds of an SR network at ``scale``: their nearest-upsampling factors, in order
+    (1: none, 2: (2,), 3: (3,), 4: (2, 2), 8: (2, 2, 2)); their product is the scale."""
+    if isinstance(scale, bool) or scale not in SR_UP_FACTORS:
+        raise AgdError(f"space: SR scale {scale} is not supported (supported: {', '.join(map(str, SR_SCALES))})")
+    return SR_UP_FACTORS[scale]
 
 
 def width_choices(base: int, ratios: tuple[float, ...], round_to: int) -> tuple[int, ...]:
@@ -107,8 +120,7 @@ class SRSpaceConfig:
 
     def __post_init__(self) -> None:
         _check_common(self.ops, self.width_ratios, self.round_to, self.dws_expansion)
-        if self.scale not in (1, 2, 4, 8):
-            raise AgdError(f"space: SR scale {self.scale} must be 1, 2, 4 or 8 (nearest x2 upsampling rounds)")
+        up_factors(self.scale)  # raises for a scale without an upsampling layout
         if self.n_cells < 1 or self.layers_per_cell < 1:
             raise AgdError("space: n_cells and layers_per_cell must be >= 1")
         if self.input_skip not in INPUT_SKIPS:
@@ -124,11 +136,23 @@ PRESETS: dict[str, SpaceConfig] = {
     "translation-tiny": TranslationSpaceConfig(stem_width=8, down_widths=(8, 16), up_widths=(8, 8), n_layers=2,
                                                width_ratios=(0.5, 1.0), round_to=4, reference_size=(32, 32)),
     "sr-x4": SRSpaceConfig(),
+    "sr-x3": SRSpaceConfig(scale=3),
     "sr-x2": SRSpaceConfig(scale=2),
     "sr-tiny": SRSpaceConfig(nf=8, n_cells=1, layers_per_cell=3, width_ratios=(0.5, 1.0), round_to=4,
                              reference_size=(12, 12)),
 }
 TASK_PRESETS = {"translation": "translation", "sr": "sr-x4"}
+# SR scale → its space preset (what a teacher of that scale is searched in by default)
+SR_SPACE_FOR_SCALE = {c.scale: name for name, c in PRESETS.items() if name.startswith("sr-x")}
+
+
+def sr_space_for_scale(scale: int) -> str:
+    """The SR space preset for a scale ("sr-x2", "sr-x3", "sr-x4"); AgdError naming the scales that have one
+    otherwise."""
+    if isinstance(scale, bool) or scale not in SR_SPACE_FOR_SCALE:
+        have = ", ".join(f"x{k}" for k in sorted(SR_SPACE_FOR_SCALE))
+        raise AgdError(f"no SR search space for x{scale}; spaces exist for {have}")
+    return SR_SPACE_FOR_SCALE[scale]
 
 
 def config_to_dict(cfg: SpaceConfig) -> dict[str, Any]:

@@ -3,6 +3,8 @@ derived generator (their layers are plain blocks), so the wiring exists once."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,17 +46,31 @@ class ChainGenerator(nn.Module):
 
 class SRGenerator(nn.Module):
     """ESRGAN-like: conv_first → cells (each ``x + cell_scale * cell(x)``) → conv_body + global skip →
-    per x2 round nearest upsampling and conv_up → conv_hr → conv_last, plus (``input_skip`` other than
-    "none") the input upsampled by that interpolation. Images in [0, 1]."""
+    per upsampling round nearest upsampling by its factor and conv_up → conv_hr → conv_last, plus
+    (``input_skip`` other than "none") the input upsampled by that interpolation to the total scale (the
+    product of ``up_factors``: (2, 2) is x4, (3,) x3; :func:`agd.space.config.up_factors`). Images in [0, 1]."""
 
-    def __init__(self, layers: nn.ModuleList, n_cells: int, layers_per_cell: int, n_up: int,
+    def __init__(self, layers: nn.ModuleList, n_cells: int, layers_per_cell: int, up_factors: tuple[int, ...],
                  cell_scale: float = 0.2, input_skip: str = "none") -> None:
         super().__init__()
-        if len(layers) != 1 + n_cells * layers_per_cell + 1 + n_up + 2:
+        if isinstance(up_factors, int) or any(not isinstance(f, int) or f < 2 for f in up_factors):
+            raise ValueError(f"SRGenerator: up_factors {up_factors!r} must be a sequence of integers >= 2")
+        up_factors = tuple(up_factors)
+        if len(layers) != 1 + n_cells * layers_per_cell + 1 + len(up_factors) + 2:
             raise ValueError("SRGenerator: layer count does not match the cell layout")
         self.layers = layers
-        self.n_cells, self.layers_per_cell, self.n_up, self.cell_scale = n_cells, layers_per_cell, n_up, cell_scale
+        self.n_cells, self.layers_per_cell, self.cell_scale = n_cells, layers_per_cell, cell_scale
+        self.up_factors = up_factors
         self.input_skip = input_skip
+
+    @property
+    def n_up(self) -> int:
+        """Number of upsampling rounds (conv_up layers)."""
+        return len(self.up_factors)
+
+    @property
+    def scale(self) -> int:
+        return math.prod(self.up_factors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layers = iter(self.layers)
@@ -66,13 +82,13 @@ class SRGenerator(nn.Module):
                 y = next(layers)(y)
             h = h + self.cell_scale * y
         fea = fea + next(layers)(h)
-        for _ in range(self.n_up):
-            fea = next(layers)(F.interpolate(fea, scale_factor=2.0, mode="nearest"))
+        for f in self.up_factors:
+            fea = next(layers)(F.interpolate(fea, scale_factor=float(f), mode="nearest"))
         conv_hr, conv_last = next(layers), next(layers)
         out = conv_last(conv_hr(fea))
         if self.input_skip == "none":
             return out
-        up = 2 ** self.n_up
+        up = float(self.scale)
         if self.input_skip == "nearest":
-            return out + F.interpolate(x, scale_factor=float(up), mode="nearest")
-        return out + F.interpolate(x, scale_factor=float(up), mode=self.input_skip, align_corners=False)
+            return out + F.interpolate(x, scale_factor=up, mode="nearest")
+        return out + F.interpolate(x, scale_factor=up, mode=self.input_skip, align_corners=False)

@@ -14,7 +14,7 @@ from torch import nn
 
 from agd.io import AgdError
 from agd.space.blocks import ConvNormAct, DwsBlock, Identity, ResBlock, Style, conv_out
-from agd.space.config import SpaceConfig, SRSpaceConfig, TranslationSpaceConfig, width_choices
+from agd.space.config import SpaceConfig, SRSpaceConfig, TranslationSpaceConfig, up_factors, width_choices
 from agd.space.genotype import Genotype, LayerChoice
 
 
@@ -113,7 +113,7 @@ class SearchSpace:
         tail = inner if c.search_tail else (c.nf,)
         up_ops = ("conv3x3", "conv1x1") if c.search_tail else ("conv3x3",)
         layers += [LayerSpec(f"conv_up{i + 1}", up_ops, tail, lrelu, expansion=e)
-                   for i in range(int(math.log2(c.scale)))]
+                   for i in range(len(up_factors(c.scale)))]
         layers.append(LayerSpec("conv_hr", up_ops + ("identity",) if c.search_tail else up_ops, tail, lrelu,
                                 expansion=e))
         layers.append(LayerSpec("conv_last", ("conv3x3",), (c.out_ch,), plain, expansion=e))
@@ -135,11 +135,11 @@ class SearchSpace:
                 elif spec.stride == 2:
                     h, w = conv_out(h, 3, 2, 1), conv_out(w, 3, 2, 1)
             return sizes
-        ups = 0
+        factors = iter(up_factors(self.config.scale))
+        f = 1
         for spec in self.layers:
-            if spec.name.startswith("conv_up"):
-                ups += 1
-            f = 2**ups
+            if spec.name.startswith("conv_up"):  # runs after its round's nearest upsampling
+                f *= next(factors)
             sizes.append((h * f, w * f))
         return sizes
 

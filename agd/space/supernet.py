@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -24,7 +23,7 @@ from agd.io import AgdError
 from agd.ops import EpilogueCandidate, mixed_epilogue, mixed_epilogue_backend, mixed_sum
 from agd.space.blocks import EpilogueParts
 from agd.space.elastic import ElasticInstanceNorm2d
-from agd.space.config import SpaceConfig
+from agd.space.config import SpaceConfig, up_factors
 from agd.space.genotype import Genotype, LayerChoice
 from agd.space.networks import ChainGenerator, SRGenerator
 from agd.space.space import LayerSpec, SearchSpace, build_op, op_valid
@@ -73,7 +72,7 @@ def build_network(space: SearchSpace, layers: list[nn.Module]) -> nn.Module:
     c = space.config
     if space.kind == "translation":
         return ChainGenerator(nn.ModuleList(layers), input_skip=c.input_skip)
-    return SRGenerator(nn.ModuleList(layers), c.n_cells, c.layers_per_cell, int(math.log2(c.scale)),
+    return SRGenerator(nn.ModuleList(layers), c.n_cells, c.layers_per_cell, up_factors(c.scale),
                        input_skip=c.input_skip)
 
 

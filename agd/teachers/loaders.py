@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -233,10 +235,13 @@ def load_factory(spec: str) -> nn.Module:
     mod_name, _, attr = spec.partition(":")
     if not mod_name or not attr:
         raise AgdError(f"teacher {spec!r}: expected 'module:factory'")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: the user's own module beside them imports
     try:
         mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise AgdError(f"teacher {spec!r}: cannot import module {mod_name!r} ({e})") from None
+    except Exception as e:  # ImportError, or the module's own code failing at import
+        raise AgdError(f"teacher {spec}: cannot import module {mod_name!r} ({type(e).__name__}: "
+                       f"{_first_line(e)})") from None
     fn = mod
     for part in attr.split("."):
         if not hasattr(fn, part):
@@ -244,11 +249,19 @@ def load_factory(spec: str) -> nn.Module:
         fn = getattr(fn, part)
     if not callable(fn):
         raise AgdError(f"teacher {spec!r}: {attr!r} is not callable")
-    model = fn()
+    try:
+        model = fn()
+    except Exception as e:
+        raise AgdError(f"teacher {spec}: the factory raised {type(e).__name__}: {_first_line(e)}") from None
     if not isinstance(model, nn.Module):
         raise AgdError(f"teacher {spec!r}: the factory returned a {type(model).__name__}, "
                        "not a torch.nn.Module")
     return model
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def load_exported(path: str | os.PathLike) -> torch.export.ExportedProgram:
@@ -257,43 +270,21 @@ def load_exported(path: str | os.PathLike) -> torch.export.ExportedProgram:
     if not path.is_file():
         raise AgdError(f"exported program {path}: no such file")
     try:
-        return torch.export.load(str(path))
+        with warnings.catch_warnings():  # torch's own deprecation notices on unpickling its tree specs
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.export.load(str(path))
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise AgdError(f"exported program {path}: cannot be read by torch.export.load ({msg})") from None
 
 
-def exported_scale(ep: torch.export.ExportedProgram) -> int | None:
-    """Output/input side ratio recorded in an exported program's first input and output (None when
-    the sizes are symbolic or the ratio is not a whole number)."""
+def exported_input_dims(ep: torch.export.ExportedProgram) -> tuple | None:
+    """The first user input's shape as the program records it: ints for static dimensions, symbols (shown
+    as strings) for dynamic ones; None when the program records none."""
     names = set(ep.graph_signature.user_inputs)
     ins = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in names]
-    outs = [n for n in ep.graph.nodes if n.op == "output"]
     try:
-        x = ins[0].meta["val"]
-        y = outs[0].args[0][0].meta["val"]
-        h, w, oh, ow = (int(v) for v in (x.shape[-2], x.shape[-1], y.shape[-2], y.shape[-1]))
-    except Exception:
+        shape = ins[0].meta["val"].shape
+    except (IndexError, KeyError, AttributeError):
         return None
-    if oh % h or ow % w or oh // h != ow // w:
-        return None
-    return oh // h
-
-
-def probe_scale(module: nn.Module, in_ch: int = 3, size: int = 16,
-                device: torch.device | str = "cpu", what: str = "teacher") -> int:
-    """Upscaling factor of ``module`` found by running one ``size`` x ``size`` input."""
-    x = torch.rand(1, in_ch, size, size, device=device)
-    try:
-        with torch.no_grad():
-            y = module(x)
-    except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise AgdError(f"{what}: cannot infer its scale, a 1x{in_ch}x{size}x{size} input fails ({msg}); "
-                       "pass the scale") from None
-    if not torch.is_tensor(y) or y.ndim != 4:
-        raise AgdError(f"{what}: returns {type(y).__name__}, not an (N, C, H, W) tensor")
-    oh, ow = y.shape[-2:]
-    if oh % size or ow % size or oh != ow:
-        raise AgdError(f"{what}: maps {size}x{size} to {oh}x{ow}, not a whole upscaling factor")
-    return oh // size
+    return tuple(int(d) if isinstance(d, int) else str(d) for d in shape) if len(shape) == 4 else None

@@ -6,13 +6,15 @@ A spec is one of:
 - a checkpoint path (``.pth`` / ``.pt`` / ``.safetensors``): ESRGAN, BasicSR / Real-ESRGAN or CycleGAN
   (pix2pix, vintagify), detected from the keys;
 - an ncnn ``.param`` path (the ``.bin`` beside it) holding an ESRGAN graph;
-- ``module:factory``: an importable zero-argument function returning an ``nn.Module`` (the caller gives
-  the task; an SR scale not given is measured on a 16x16 input);
-- a ``.pt2`` file written by ``torch.export.save`` (the caller gives the task).
+- ``module:factory``: an importable zero-argument function returning an ``nn.Module``;
+- a ``.pt2`` file written by ``torch.export.save`` with dynamic height and width.
+For the last two the task and scale come from one probe forward (:mod:`agd.teachers.probe`), and the
+value range is the module's ``value_range`` attribute, else [0, 1]; what the caller gives
+(:class:`~agd.teachers.spec.TeacherSpec`) is checked against them.
 
 Image convention of :class:`Teacher`: ``teacher(x)`` takes and returns RGB images in [0, 1]
-(N, 3, H, W). Translation teachers see ``2x - 1`` and their [-1, 1] output is mapped back; SR outputs
-are returned as they are (not clamped).
+(N, 3, H, W). A teacher working in another range (CycleGAN: [-1, 1]) sees ``x`` mapped into it and its
+output is mapped back; SR outputs are returned as they are (not clamped).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from torch import nn
 from agd.io import AgdError, load_checkpoint, unwrap_state_dict, verify_sha256
 from agd.teachers import loaders, ncnn
 from agd.teachers.cyclegan import ResnetGenerator
+from agd.teachers.probe import normalises_whole_image, probe_generator
 from agd.teachers.rrdbnet import RRDBNet
+from agd.teachers.spec import SIGNED_RANGE, UNIT_RANGE, TeacherSpec, format_range, parse_range
 
 TASKS = ("sr", "translation")
 REFERENCE_INPUT = (1, 3, 256, 256)
@@ -69,6 +73,14 @@ class TeacherInfo:
     package: str | None = None
     files: tuple[tuple[str, str], ...] = ()
     architecture: Callable[[], nn.Module] | None = field(default=None, compare=False, repr=False)
+    value_range: tuple[float, float] | None = None  # None: the task's convention (SR [0, 1], translation [-1, 1])
+
+    @property
+    def range(self) -> tuple[float, float]:
+        """The value range the network's images are in."""
+        if self.value_range is not None:
+            return self.value_range
+        return SIGNED_RANGE if self.task == "translation" else UNIT_RANGE
 
     @property
     def sha256(self) -> dict[str, str]:
@@ -147,25 +159,42 @@ class Teacher:
     identity: str
     multiple: int = 1
     tileable: bool | None = None  # None: decided from the module's layers
+    source: str = ""  # what it was loaded from (load_teacher's spec)
 
     def __post_init__(self) -> None:
         if self.tileable is None:
-            whole_image = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm)
-            self.tileable = not any(isinstance(m, whole_image) for m in self.module.modules())
+            self.tileable = not normalises_whole_image(self.module)
+
+    @property
+    def spec(self) -> TeacherSpec:
+        """Everything needed to load it again and get the same teacher: the source and what agd found
+        (task, scale, value range), recorded in run folders so ``--resume`` needs none of it."""
+        return TeacherSpec(self.source or self.info.name, self.info.task, self.info.scale, self.info.range)
+
+    def describe(self) -> str:
+        """One line on what agd found: task, scale, value range, size multiple, tiling."""
+        what = f"SR x{self.info.scale}" if self.info.task == "sr" else "translation"
+        parts = [what, f"images in {format_range(self.info.range)}"]
+        if self.multiple > 1:
+            parts.append(f"inputs padded to a multiple of {self.multiple}")
+        if not self.tileable:
+            parts.append("one pass per image (it normalises over the whole image)")
+        return f"teacher {self.source or self.info.name}: " + ", ".join(parts)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] images in, [0, 1] images out (SR: not clamped)."""
         h, w = x.shape[-2:]
-        if self.info.task == "translation":
-            x = x * 2 - 1
+        lo, hi = self.info.range
+        if (lo, hi) != UNIT_RANGE:
+            x = x * (hi - lo) + lo
         ph, pw = (-h) % self.multiple, (-w) % self.multiple
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
         y = self.module(x)
         if ph or pw:
             y = y[..., : h * self.info.scale, : w * self.info.scale]
-        if self.info.task == "translation":
-            y = (y + 1) / 2
+        if (lo, hi) != UNIT_RANGE:
+            y = (y - lo) / (hi - lo)
         return y
 
 
@@ -201,15 +230,50 @@ def _multiple(module: nn.Module) -> int:
     return module.size_multiple if isinstance(module, ResnetGenerator) else 1
 
 
-def _custom_info(name: str, task: str, scale: int, desc: str, arch: Callable[[], nn.Module]) -> TeacherInfo:
-    return TeacherInfo(name=name, task=task, scale=scale, description=desc, install="", architecture=arch)
+def _custom_info(name: str, task: str, scale: int, desc: str, arch: Callable[[], nn.Module],
+                 value_range: tuple[float, float] | None = None) -> TeacherInfo:
+    return TeacherInfo(name=name, task=task, scale=scale, description=desc, install="", architecture=arch,
+                       value_range=value_range)
 
 
-def _check_task(spec: str, task: str | None, scale: int | None, got_task: str, got_scale: int) -> None:
+def _check_task(spec: str, task: str | None, scale: int | None, got_task: str, got_scale: int,
+                found: str = "") -> None:
+    how = f" ({found})" if found else ""
     if task is not None and task != got_task:
-        raise AgdError(f"teacher {spec}: is a {got_task} model, not {task}")
+        raise AgdError(f"teacher {spec}: --task {task} contradicts what it is: a {got_task} model{how}")
     if scale is not None and scale != got_scale:
-        raise AgdError(f"teacher {spec}: has scale {got_scale}, not {scale}")
+        raise AgdError(f"teacher {spec}: --scale {scale} contradicts what it is: "
+                       f"{'scale ' + str(got_scale) if got_task == 'sr' else 'a translation model, scale 1'}{how}")
+
+
+def _check_range(spec: str, given: tuple[float, float] | None, info: TeacherInfo) -> None:
+    if given is not None and given != info.range:
+        raise AgdError(f"teacher {spec}: --teacher-range {format_range(given)} contradicts its known value range "
+                       f"{format_range(info.range)}")
+
+
+def _module_range(spec: str, module: nn.Module, given: tuple[float, float] | None) -> tuple[float, float]:
+    """A custom module's value range: the caller's, else its ``value_range`` attribute, else [0, 1]."""
+    attr = getattr(module, "value_range", None)
+    if attr is not None:
+        attr = parse_range(tuple(attr) if not isinstance(attr, str) else attr,
+                           f"teacher {spec}: its value_range attribute")
+    if given is not None and attr is not None and given != attr:
+        raise AgdError(f"teacher {spec}: --teacher-range {format_range(given)} contradicts the module's value_range "
+                       f"attribute {format_range(attr)}")
+    return given or attr or UNIT_RANGE
+
+
+def _probed(spec: str, module: nn.Module, task: str | None, scale: int | None, value_range, device,
+            desc: str, arch: Callable[[], nn.Module], identity: str, name: str | None = None) -> Teacher:
+    """A custom module as a teacher: its range, then task, scale and size multiple from a probe forward,
+    checked against what the caller says."""
+    rng = _module_range(spec, module, value_range)
+    p = probe_generator(module, spec, rng, device=device)
+    _check_task(spec, task, scale, p.task, p.scale, f"it maps {p.shapes}")
+    info = _custom_info(name or spec, p.task, p.scale, desc, arch, rng)
+    ident = f"{identity}:range={rng[0]:g},{rng[1]:g}" if rng != UNIT_RANGE else identity
+    return Teacher(module, info, ident, p.multiple)
 
 
 def _load_named(info: TeacherInfo, device: torch.device | str) -> Teacher:
@@ -232,41 +296,40 @@ def _load_named(info: TeacherInfo, device: torch.device | str) -> Teacher:
     return Teacher(_freeze(module, device), info, f"{info.name}:{_files_digest(paths, digests)}", _multiple(module))
 
 
-def _need_task(spec: str, task: str | None) -> str:
-    if task is None:
-        raise AgdError(f"teacher {spec}: a custom module needs its task given (sr or translation)")
-    if task not in TASKS:
-        raise AgdError(f"teacher {spec}: task must be one of {', '.join(TASKS)}, got {task!r}")
-    return task
+def _custom_scale_check(spec: str, ep: torch.export.ExportedProgram) -> None:
+    """A ``.pt2`` must take images of any size: agd runs its teacher on whole images and on crops."""
+    dims = loaders.exported_input_dims(ep)
+    if dims is None:
+        return
+    static = [n for n, d in zip(("batch", "height", "width"), (dims[0], dims[2], dims[3])) if isinstance(d, int)]
+    if "height" in static or "width" in static:
+        raise AgdError(f"teacher {spec}: exported for {'x'.join(map(str, dims))} images only (static "
+                       f"{' and '.join(n for n in static if n != 'batch')}); agd runs a teacher on images and crops "
+                       "of other sizes: export it with torch.export.Dim for the height and width")
 
 
-def _custom_scale(spec: str, task: str, scale: int | None, module: nn.Module, device: torch.device | str,
-                  ep: torch.export.ExportedProgram | None = None) -> int:
-    """Scale of a custom teacher: 1 for translation, else the caller's, the exported shapes' or measured."""
-    if task == "translation":
-        if scale not in (None, 1):
-            raise AgdError(f"teacher {spec}: a translation teacher has scale 1, got {scale}")
-        return 1
-    if scale is not None:
-        if scale < 1:
-            raise AgdError(f"teacher {spec}: scale must be a positive integer, got {scale}")
-        return scale
-    s = loaders.exported_scale(ep) if ep is not None else None
-    return s if s is not None else loaders.probe_scale(module, device=device, what=f"teacher {spec}")
-
-
-def load_teacher(spec: str | os.PathLike, device: torch.device | str = "cpu", task: str | None = None,
-                 scale: int | None = None) -> Teacher:
+def load_teacher(spec: "TeacherSpec | str | os.PathLike", device: torch.device | str = "cpu", task: str | None = None,
+                 scale: int | None = None, value_range: tuple[float, float] | None = None) -> Teacher:
     """Load a teacher from a name, checkpoint, ncnn ``.param``, ``module:factory`` or ``.pt2`` (see the
-    module docstring). ``task`` / ``scale`` are checked against what the file says, and required for
-    custom modules (a translation teacher has scale 1)."""
+    module docstring); ``spec`` is a :class:`TeacherSpec` or its source. ``task``, ``scale`` and
+    ``value_range`` (or the spec's) are checked against what the file says or the probe finds."""
+    ts = TeacherSpec.of(spec)
+    t = _load(ts, device, task or ts.task, scale or ts.scale,
+              parse_range(value_range) if value_range is not None else ts.value_range)
+    t.source = ts.resolved_source
+    return t
+
+
+def _load(ts: TeacherSpec, device, task: str | None, scale: int | None,
+          value_range: tuple[float, float] | None) -> Teacher:
     if task is not None and task not in TASKS:
         raise AgdError(f"--task {task!r}: must be one of {', '.join(TASKS)}")
-    spec_s = os.fspath(spec)
+    spec_s = ts.resolved_source
     names = {i.name: i for i in _registry()}
     if spec_s in names:
         t = _load_named(names[spec_s], device)
         _check_task(spec_s, task, scale, t.info.task, t.info.scale)
+        _check_range(spec_s, value_range, t.info)
         return t
     path = Path(spec_s)
     suffix = path.suffix.lower()
@@ -282,16 +345,16 @@ def load_teacher(spec: str | os.PathLike, device: torch.device | str = "cpu", ta
             info = _custom_info(path.stem, "sr", module.scale, f"RRDBNet from ncnn {path.name}",
                                 lambda: RRDBNet(**cfg))
             _check_task(spec_s, task, scale, "sr", module.scale)
+            _check_range(spec_s, value_range, info)
             ident = _files_digest([path, path.with_suffix(".bin")], digests)
             return Teacher(_freeze(module, device), info, f"{info.name}:{ident}")
         if suffix == ".pt2":
-            task_ = _need_task(spec_s, task)
             ep = loaders.load_exported(path)
+            _custom_scale_check(spec_s, ep)
             module = _freeze(ep.module(), device)
-            s = _custom_scale(spec_s, task_, scale, module, device, ep)
-            info = _custom_info(path.stem, task_, s, f"torch.export program {path.name}",
-                                lambda: loaders.load_exported(path).module())
-            return Teacher(module, info, f"{info.name}:{loaders.file_sha256(path)}")
+            return _probed(spec_s, module, task, scale, value_range, device, f"torch.export program {path.name}",
+                           lambda: loaders.load_exported(path).module(), f"{path.stem}:{loaders.file_sha256(path)}",
+                           name=path.stem)
         if suffix not in CHECKPOINT_SUFFIXES:
             raise AgdError(f"teacher {spec_s}: unknown file type {suffix or '(none)'}; expected "
                            f"{', '.join(CHECKPOINT_SUFFIXES)}, .param (ncnn) or .pt2 (torch.export)")
@@ -303,13 +366,11 @@ def load_teacher(spec: str | os.PathLike, device: torch.device | str = "cpu", ta
         cls = type(g.module)
         info = _custom_info(path.stem, g.task, g.scale, f"{cls.__name__} from {g.format} checkpoint {path.name}",
                             lambda: cls(**arch_cfg))
+        _check_range(spec_s, value_range, info)
         return Teacher(_freeze(g.module, device), info, f"{info.name}:{g.sha256}", _multiple(g.module))
     if ":" in spec_s:
-        task_ = _need_task(spec_s, task)
-        module = loaders.load_factory(spec_s)
-        module = _freeze(module, device)
-        s = _custom_scale(spec_s, task_, scale, module, device)
-        info = _custom_info(spec_s, task_, s, f"custom module from {spec_s}", lambda: loaders.load_factory(spec_s))
-        return Teacher(module, info, f"{spec_s}:{state_dict_digest(module)}")
+        module = _freeze(loaders.load_factory(spec_s), device)
+        return _probed(spec_s, module, task, scale, value_range, device, f"custom module from {spec_s}",
+                       lambda: loaders.load_factory(spec_s), f"{spec_s}:{state_dict_digest(module)}")
     raise AgdError(f"teacher {spec_s!r}: unknown; not a named teacher ({', '.join(names)}), not an existing "
                    "checkpoint/.param/.pt2 file, not module:factory")
