@@ -451,5 +451,6 @@ def test_cli_space_show_sr_x3(capsys):
     assert s["teacher_macs"] is None
     with torch.device("meta"):
         assert count_macs(derive(Genotype.from_dict(s["min_genotype"])), (1, 3, 20, 24)) == mn
-    out = run("space", "show", "--task", "sr-x3")
+    code, out, err = run_cli(capsys, "space", "show", "--task", "sr-x3")
+    assert code == 0, err
     assert "sr-x3" in out and "x3" in out and "768x768" in out
