@@ -50,6 +50,7 @@ def exact_float32():
 
 def versions() -> dict[str, str]:
     import agd
+    from agd.machine import cpu_summary
 
     cuda = torch.version.cuda
     return {
@@ -60,6 +61,7 @@ def versions() -> dict[str, str]:
         "tvm": package_version("apache-tvm") or "not installed",
         "tvm-ffi": package_version("apache-tvm-ffi") or "not installed",
         "numpy": package_version("numpy") or "not installed",
+        "cpu": cpu_summary(),
     }
 
 
@@ -103,9 +105,21 @@ def onednn_conv_status() -> BackendStatus:
     return BackendStatus("oneDNN fused conv", True, "mkldnn::_convolution_pointwise (conv + act [+ add], channels-last)")
 
 
+def precision_status(precision: str) -> BackendStatus:
+    """Whether this CPU has instructions for ``precision`` (:mod:`agd.machine`): bf16 needs AVX512-BF16 or
+    AMX-BF16, int8 VNNI or AMX-INT8; the same check refuses ``--precision`` where they are missing."""
+    from agd.machine import precision_instructions, precision_reason
+
+    why = precision_reason(precision)
+    if why:
+        return BackendStatus(f"{precision} on this CPU", False, why)
+    return BackendStatus(f"{precision} on this CPU", True, precision_instructions(precision))
+
+
 def all_backends() -> list[BackendStatus]:
     """Every backend in the order ``agd info`` prints them."""
     from agd import kernels, ops, tuning
+    from agd.machine import PRECISIONS
 
     out = [cuda_device_status(), kernels.triton_status()]
     ok, why = ops.cpp_status()
@@ -114,4 +128,5 @@ def all_backends() -> list[BackendStatus]:
     out.append(ops.mixed_epilogue_status())
     out.append(cuda_ops_status())
     out.extend(tuning.target_status(name) for name in tuning.TARGETS)
+    out.extend(precision_status(p) for p in PRECISIONS)
     return out

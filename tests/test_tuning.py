@@ -688,8 +688,14 @@ def test_cli_compile_and_bad_target(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["compile", str(gpath), "--target", "x86-64", "--output", str(tmp_path / "o")])
     assert e.value.code == 2 and "unknown target 'x86-64'" in capsys.readouterr().err
-    main(["compile", str(gpath), "--target", "x86", "--output", str(tmp_path / "o"), "--database", str(tmp_path / "db")])
-    assert "wrote" in capsys.readouterr().out and (tmp_path / "o" / "manifest.json").is_file()
+    main(["compile", str(gpath), "--target", "x86", "--output", str(tmp_path / "o"), "--database", str(tmp_path / "db"),
+          "--trials", "0"])
+    out = capsys.readouterr().out
+    assert "wrote" in out and "untuned" in out and (tmp_path / "o" / "manifest.json").is_file()
+    # untuned: the CLI and the manifest say, measured, how the build compares with eager PyTorch
+    v = json.loads((tmp_path / "o" / "manifest.json").read_text())["vs_eager"]
+    assert v["compared"] and v["eager_ms"] > 0 and v["tvm_ms"] > 0 and "against eager PyTorch here" in out
+    assert v["speedup"] == pytest.approx(v["eager_ms"] / v["tvm_ms"])
 
 
 def test_latency_measure_targets(tmp_path, capsys):

@@ -143,7 +143,7 @@ if want tvm; then
   note "tvm measure: exit $?"
   cp "$db"/database_*.json "$logs/" 2>/dev/null
   step "TVM cuda: agd compile (the checked artifact) from the database"
-  timeout "${T_TVM_COMPILE:-90}" $py -m agd compile "$geno" --target cuda --database "$db" --output /tmp/agd-artifact \
+  timeout "${T_TVM_COMPILE:-90}" $py -m agd compile "$geno" --target cuda --database "$db" --trials 0 --output /tmp/agd-artifact \
     >"$logs/tvm_compile.log" 2>&1
   note "agd compile --target cuda: exit $?: $(tail -n 1 "$logs/tvm_compile.log")"
   cp /tmp/agd-artifact/manifest.json "$logs/artifact_manifest.json" 2>/dev/null

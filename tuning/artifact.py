@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from agd.io import AgdError, atomic_write_json, load_checkpoint, unwrap_state_dict
+from agd.metrics.image_quality import output_psnr
 from agd.tuning.build import build, export_library
 from agd.tuning.export import genotype_layer_names, to_relax
 from agd.tuning.rewrite import REWRITES
@@ -30,6 +31,10 @@ from agd.tuning.targets import TargetSpec
 from agd.tuning.tune import TuneConfig, database_digest, database_records, tune
 
 MANIFEST = "agd-tvm-artifact"
+# ``agd compile``'s default trial budget: about 0.7 s a trial on 2 cores (2000 trials tuned the translation
+# example in 1414 s), so with export, build, check and timing a first compile ends within 10 minutes, and a
+# second one that finds the database filled spends no trials (BENCHMARKS.md, issue 19)
+DEFAULT_TRIALS = 512
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,14 @@ class CompileConfig:
     emulated: bool = False  # the device is emulated (qemu): its timings say nothing about real speed
     timing: TimingConfig = field(default_factory=TimingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    precision: str = "fp32"  # fp32 or int8 (agd.machine.PRECISIONS; bf16 is refused with the reason)
+    calibration: tuple[torch.Tensor, ...] = ()  # int8: network inputs (1 x C x H x W in [-1, 1]) to calibrate on
+    quality_inputs: tuple[torch.Tensor, ...] = ()  # int8: held-out inputs the quality check runs on
+    teacher: Any = None  # int8: network input -> teacher output in the network's range, for the drop check
+    max_drop_db: float = 0.2  # int8: largest PSNR-to-teacher drop against the fp32 student accepted
+    min_psnr_db: float = 40.0  # int8 without a teacher: least PSNR of the build to the fp32 student
+    compare_eager: bool = True  # time eager PyTorch beside the build (local targets)
+    input_range: tuple[float, float] = (-1.0, 1.0)  # of the check input (an SR network's is [0, 1])
 
 
 def load_generator(genotype: Any, weights: Path | None, seed: int = 0) -> torch.nn.Module:
@@ -74,8 +87,18 @@ def device_for(spec: TargetSpec, what: str) -> Any:
 def compile_model(model: torch.nn.Module, spec: TargetSpec, input_shape: tuple[int, ...], config: CompileConfig,
                   layer_names: dict[str, str] | None = None) -> dict[str, Any]:
     """Convert, optionally tune, build, check against PyTorch and time ``model``; returns the pieces (no files)."""
+    from agd.machine import require_precision
+
+    require_precision(config.precision)
     gen = torch.Generator().manual_seed(config.seed)
-    x = torch.rand(input_shape, generator=gen) * 2 - 1
+    lo, hi = config.input_range
+    x = torch.rand(input_shape, generator=gen) * (hi - lo) + lo
+    if config.precision == "bf16":
+        raise AgdError("--precision bf16: agd's TVM builds are fp32 or int8: TVM 0.27 has no tensor intrinsic for "
+                       "AVX512-BF16 (vdpbf16ps) or AMX-BF16, so a bf16 build would convert to fp32 and multiply "
+                       "there, slower than fp32 (`agd bench deploy` lists torch's bf16 rows)")
+    if config.precision == "int8":
+        return _compile_int8(model, spec, x, config)
     prog = to_relax(model, x, layer_names)
     session = device_for(spec, "running the numerical check")
     report = None
@@ -103,7 +126,93 @@ def compile_model(model: torch.nn.Module, spec: TargetSpec, input_shape: tuple[i
                        "no artifact written")
     timing = cm.time_ms(x.numpy(), config.timing)
     return {"executable": ex, "program": prog, "max_abs_error": err, "latency": timing, "tune_report": report,
-            "tuned": use_db, "emulated": config.emulated}
+            "tuned": use_db, "emulated": config.emulated, "params": prog.params,
+            "output_shape": list(prog.output_shape), "precision": "fp32", "quality": None,
+            "vs_eager": _vs_eager(model, cm, x, spec, config)}
+
+
+def _vs_eager(model: torch.nn.Module, cm: CompiledModel, x: torch.Tensor, spec: TargetSpec,
+              config: CompileConfig) -> dict[str, Any]:
+    """The build against eager PyTorch on this machine, timed interleaved in one process (wall clock,
+    input already on the device): so an artifact slower than what the user has is never written silently.
+    Remote and cross-compiled targets cannot run eager PyTorch here: said so."""
+    if not config.compare_eager:
+        return {"compared": False, "why": "not asked (compare_eager=False)"}
+    if spec.rpc is not None or spec.cross_compiler is not None:
+        return {"compared": False, "why": f"target {spec.name} runs on another device: eager PyTorch is not timed there"}
+    if spec.tvm_target.get("kind") != "llvm":
+        return {"compared": False, "why": f"target {spec.name}: `agd latency measure --target {spec.name}` times "
+                                          "eager PyTorch on that device beside TVM"}
+    from agd.timing import interleaved_times_ms
+
+    def eager() -> None:
+        with torch.no_grad():
+            model(x)
+
+    t = interleaved_times_ms({"eager": eager, "tvm": cm.bind(x.numpy())}, reps=max(5, config.timing.repeat), warmup=2)
+    e, v = float(np.median(t["eager"])), float(np.median(t["tvm"]))
+    return {"compared": True, "eager_ms": e, "tvm_ms": v, "speedup": e / v, "slower_than_eager": v > e,
+            "threads": torch.get_num_threads(), "method": f"interleaved wall clock, median of {len(t['tvm'])} calls each"}
+
+
+def quality_check(fp32: Any, build: Any, inputs: tuple[torch.Tensor, ...], teacher: Any, max_drop_db: float,
+                  min_psnr_db: float, data_range: float = 2.0) -> dict[str, Any]:
+    """A low-precision build against the fp32 student on held-out inputs. With a teacher: each one's mean
+    PSNR to the teacher's output and the drop, which must stay within ``max_drop_db``; without one, the
+    build's PSNR to the fp32 output, which must reach ``min_psnr_db`` (at 40 dB the drop stays within
+    0.2 dB for a student within 26.7 dB of its teacher: 10 log10(1 + 10^((P - Q) / 10)) <= 0.2). The report
+    says which; ``ok`` False is refused by the caller with the figure. ``data_range``: the outputs'
+    peak-to-peak range (2 for translation's [-1, 1], 1 for SR's [0, 1])."""
+    if not inputs:
+        raise AgdError("quality check: no held-out images to check the low-precision build on")
+    to_fp32, to_t32, to_tq = [], [], []
+    for x in inputs:
+        with torch.no_grad():
+            ref = fp32(x).numpy()
+        got = build(x.numpy())
+        to_fp32.append(output_psnr(got, ref, data_range))
+        if teacher is not None:
+            t = np.asarray(teacher(x), np.float64)
+            to_t32.append(output_psnr(ref, t, data_range))
+            to_tq.append(output_psnr(got, t, data_range))
+    rep: dict[str, Any] = {"images": len(inputs), "psnr_to_fp32_db": float(np.mean(to_fp32))}
+    if teacher is not None:
+        rep.update(psnr_to_teacher_fp32_db=float(np.mean(to_t32)), psnr_to_teacher_db=float(np.mean(to_tq)))
+        rep["drop_db"] = rep["psnr_to_teacher_fp32_db"] - rep["psnr_to_teacher_db"]
+        rep.update(rule=f"PSNR-to-teacher drop <= {max_drop_db} dB", ok=rep["drop_db"] <= max_drop_db)
+    else:
+        rep.update(rule=f"PSNR to the fp32 student >= {min_psnr_db} dB (no teacher given)",
+                   ok=rep["psnr_to_fp32_db"] >= min_psnr_db)
+    return rep
+
+
+def _compile_int8(model: torch.nn.Module, spec: TargetSpec, x: torch.Tensor, config: CompileConfig) -> dict[str, Any]:
+    """int8 post-training quantization (:mod:`agd.tuning.int8`: u8 x s8 on VNNI), the quality check on
+    held-out inputs (refused with the figure when it fails), timing, and the comparison with eager."""
+    if not config.calibration:
+        raise AgdError("--precision int8: no calibration images (give --calibration DIR, or 'builtin' for agd's "
+                       "built-in training samples)")
+    if spec.rpc is not None or spec.cross_compiler is not None:
+        raise AgdError(f"--precision int8 on target {spec.name}: the int8 build is x86 VNNI only")
+    from agd.tuning.int8 import compile_int8
+
+    b = compile_int8(model, x, list(config.calibration), spec, database=config.database, trials=config.trials)
+    cm = CompiledModel(b.executable, b.params, spec)
+    q = quality_check(model, cm, config.quality_inputs or (x,), config.teacher, config.max_drop_db, config.min_psnr_db,
+                      config.input_range[1] - config.input_range[0])
+    if not q["ok"]:
+        fig = (f"PSNR to the teacher drops {q['drop_db']:.2f} dB" if "drop_db" in q
+               else f"PSNR to the fp32 student {q['psnr_to_fp32_db']:.1f} dB")
+        raise AgdError(f"--precision int8: the quantized build breaks the quality bar ({fig} on {q['images']} held-out "
+                       f"images; rule: {q['rule']}); no artifact written")
+    with torch.no_grad():
+        ref = model(x).numpy()
+    err = float(np.abs(cm(x.numpy()).astype(np.float64) - ref).max())
+    return {"executable": b.executable, "program": None, "params": b.params, "max_abs_error": err,
+            "latency": cm.time_ms(x.numpy(), config.timing), "tune_report": b.tune_report,
+            "tuned": b.tune_report is not None, "emulated": False, "output_shape": list(ref.shape),
+            "precision": "int8", "quality": q, "int8": b.note,
+            "vs_eager": _vs_eager(model, cm, x, spec, config)}
 
 
 def compile_genotype(genotype_path: Path, spec: TargetSpec, output: Path, config: CompileConfig,
@@ -115,6 +224,11 @@ def compile_genotype(genotype_path: Path, spec: TargetSpec, output: Path, config
     model = load_generator(g, weights, config.seed)
     h, w = config.size or g.config.reference_size
     shape = (config.batch, g.config.in_ch, h, w)
+    from dataclasses import replace
+
+    from agd.tuning.calibration import input_range
+
+    config = replace(config, input_range=input_range(g.config.scale))
     res = compile_model(model, spec, shape, config, genotype_layer_names(g))
     import tvm
 
@@ -126,8 +240,10 @@ def compile_genotype(genotype_path: Path, spec: TargetSpec, output: Path, config
                                     "for latency work only"},
         "target": {"name": spec.name, "tvm_target": spec.tvm_target, "host": spec.host,
                    "cross_compiler": spec.cross_compiler, "notes": spec.notes},
-        "input_shape": list(shape), "output_shape": list(res["program"].output_shape),
-        "input_range": [-1.0, 1.0],
+        "input_shape": list(shape), "output_shape": res["output_shape"],
+        "precision": res["precision"], "quality": res["quality"], "int8": res.get("int8"),
+        "vs_eager": res["vs_eager"],
+        "input_range": list(config.input_range),
         "export_rewrites": list(REWRITES),
         "tuning": {"trials_requested": config.trials, "tuned": res["tuned"],
                    "database": str(config.database) if config.database else None,
@@ -136,11 +252,11 @@ def compile_genotype(genotype_path: Path, spec: TargetSpec, output: Path, config
                    "report": asdict(res["tune_report"]) if res["tune_report"] else None},
         "latency_ms": res["latency"]["median_ms"], "latency": res["latency"],
         "latency_emulated": res["emulated"],
-        "max_abs_error": res["max_abs_error"], "atol": config.atol,
+        "max_abs_error": res["max_abs_error"], "atol": config.atol if res["precision"] == "fp32" else None,
         "versions": {"tvm": tvm.__version__, "torch": torch.__version__},
         "files": {"library": "model.so", "params": "params.bin"},
     }
-    _write_artifact(output, res["executable"], res["program"].params, spec, manifest)
+    _write_artifact(output, res["executable"], res["params"], spec, manifest)
     return manifest
 
 

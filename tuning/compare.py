@@ -19,9 +19,31 @@ import numpy as np
 import torch
 
 from agd.backends import exact_float32
+from agd.metrics.image_quality import output_psnr
 from agd.timing import wall_times_ms
 
 BACKENDS = ("eager", "torch.compile", "onnxruntime", "tvm-untuned", "tvm-tuned")
+# every backend of each precision, in table order; a precision's backends are what a user deploying at that
+# precision would pick from (agd's own TVM builds last)
+PRECISION_BACKENDS = {
+    "fp32": BACKENDS,
+    "bf16": ("eager-bf16", "torch.compile-bf16", "tvm-bf16"),
+    "int8": ("onnxruntime-int8", "pt2e-int8", "tvm-int8", "tvm-int8-tuned"),
+}
+PRECISION_OF = {b: p for p, bs in PRECISION_BACKENDS.items() for b in bs}
+ALL_BACKENDS = tuple(b for bs in PRECISION_BACKENDS.values() for b in bs)
+
+
+def backends_for(precisions: tuple[str, ...]) -> tuple[str, ...]:
+    """The backends of these precisions, in table order (fp32's always first: the reference rows)."""
+    from agd.machine import PRECISIONS
+
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        from agd.io import AgdError
+
+        raise AgdError(f"--precision {bad[0]!r}: expected one of {', '.join(PRECISIONS)}")
+    return tuple(b for p in PRECISIONS if p in precisions for b in PRECISION_BACKENDS[p])
 
 
 @dataclass(frozen=True)
@@ -33,6 +55,9 @@ class CompareConfig:
     warmup: int = 3
     threads: int | None = None  # torch / ORT intra-op threads (None: library default)
     tune_kwargs: dict[str, Any] = field(default_factory=dict)
+    # int8 rows: calibration inputs of the measured input's shape ([-1, 1]; not the measured input itself)
+    calibration: tuple[torch.Tensor, ...] = ()
+    data_range: float = 2.0  # the outputs' peak-to-peak range for PSNR (translation [-1, 1]: 2; SR [0, 1]: 1)
 
 
 def _time(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
@@ -94,12 +119,15 @@ def compare(model: torch.nn.Module, x: torch.Tensor, spec: Any, config: CompareC
     def add(name: str, run: Callable[[], np.ndarray] | None, note: str = "", setup_s: float = 0.0,
             timed: Callable[[], Any] | None = None) -> None:
         """``run`` returns the output (checked), ``timed`` is the call that is timed (default: ``run``)."""
+        precision = PRECISION_OF.get(name, "fp32")
         if run is None:
-            rows.append({"backend": name, "ok": False, "note": note})
+            rows.append({"backend": name, "precision": precision, "ok": False, "note": note})
         else:
-            err = float(np.abs(np.asarray(run(), dtype=np.float64) - ref).max())
-            rows.append({"backend": name, "ok": True, **_time(timed or run, config.repeats, config.warmup),
-                         "max_abs_error": err, "setup_s": setup_s, "note": note})
+            out = np.asarray(run(), dtype=np.float64)
+            err = float(np.abs(out - ref).max())
+            rows.append({"backend": name, "precision": precision, "ok": True,
+                         **_time(timed or run, config.repeats, config.warmup), "max_abs_error": err,
+                         "psnr_to_fp32_db": output_psnr(out, ref, config.data_range), "setup_s": setup_s, "note": note})
         if progress:
             r = rows[-1]
             progress(f"{name}: " + (f"{r['median_ms']:.3f} ms" if r["ok"] else f"unavailable ({note})"))
@@ -116,10 +144,54 @@ def compare(model: torch.nn.Module, x: torch.Tensor, spec: Any, config: CompareC
             return y
         return run, timed
 
+    from agd.machine import precision_reason
+
+    def peer_rows(name: str, peer: tuple[Callable[[torch.Tensor], torch.Tensor], str], t0: float) -> None:
+        fn, note = peer
+        run, timed = torch_rows(fn)
+        add(name, run, note, time.perf_counter() - t0, timed=timed)
+
     for name in config.backends:
         t0 = time.perf_counter()
+        why = precision_reason(PRECISION_OF[name]) if name in PRECISION_OF else None
+        if why:
+            add(name, None, why)
+            continue
+        if PRECISION_OF.get(name) == "int8" and not config.calibration:
+            add(name, None, "no calibration images given")
+            continue
+        if PRECISION_OF.get(name, "fp32") != "fp32" and device != "cpu":
+            add(name, None, f"low-precision rows run on the CPU (target {spec.name})")
+            continue
         try:
-            if name == "eager":
+            if name in ("eager-bf16", "torch.compile-bf16"):
+                from agd.tuning.lowp_peers import torch_bf16
+
+                peer_rows(name, torch_bf16(model, x, compiled=name == "torch.compile-bf16"), t0)
+            elif name == "tvm-bf16":
+                add(name, None, "TVM 0.27 has no tensor intrinsic for AVX512-BF16 (vdpbf16ps) or AMX-BF16: a bf16 "
+                                "build converts to fp32 to multiply, so agd builds fp32 and int8 only")
+            elif name == "pt2e-int8":
+                from agd.tuning.lowp_peers import pt2e_int8
+
+                peer_rows(name, pt2e_int8(model, x, list(config.calibration)), t0)
+            elif name == "onnxruntime-int8":
+                from agd.tuning.lowp_peers import ort_int8
+
+                peer_rows(name, ort_int8(model, x, list(config.calibration), config.threads), t0)
+            elif name in ("tvm-int8", "tvm-int8-tuned"):
+                from agd.tuning.int8 import compile_int8
+                from agd.tuning.measure import CompiledModel
+
+                tuned = name == "tvm-int8-tuned"
+                if tuned and (config.database is None or config.trials <= 0):
+                    add(name, None, "needs --trials > 0 and a database (tvm-int8 is the untuned, fixed VNNI schedule)")
+                    continue
+                b = compile_int8(model, x, list(config.calibration), spec, database=config.database if tuned else None,
+                                 trials=config.trials if tuned else 0)
+                cmod = CompiledModel(b.executable, b.params, spec)
+                add(name, lambda: cmod(xn), b.note, time.perf_counter() - t0, timed=cmod.bind(xn))
+            elif name == "eager":
                 run, timed = torch_rows(on_device)
                 add(name, run, _torch_note(device), timed=timed)
             elif name == "torch.compile":
@@ -171,7 +243,7 @@ def compare(model: torch.nn.Module, x: torch.Tensor, spec: Any, config: CompareC
                 cmod = CompiledModel(ex, prog.params, spec)
                 add(name, lambda: cmod(xn), note, time.perf_counter() - t0, timed=cmod.bind(xn))
             else:
-                add(name, None, f"unknown backend (known: {', '.join(BACKENDS)})")
+                add(name, None, f"unknown backend (known: {', '.join(ALL_BACKENDS)})")
         except ImportError as e:
             add(name, None, f"not installed ({e.name})")
         except Exception as e:  # report, keep comparing the others

@@ -8,6 +8,8 @@ reference output is the original model's.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +33,9 @@ def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.Expo
     """``torch.export`` of an eval-mode model at the example's exact (static) shape."""
     model = model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch 2.13's own pytree deprecation (``isinstance(treespec, LeafSpec)``), raised inside export
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
             return torch.export.export(model, (example,))
     except Exception as e:  # torch raises many export error types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -84,7 +88,9 @@ def to_relax(model: nn.Module, example: torch.Tensor, layer_names: dict[str, str
     with torch.no_grad():
         out = model(example)
     try:
-        mod = from_exported_program(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)  # as in export
+            mod = from_exported_program(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise AgdError(f"TVM's PyTorch frontend failed on {type(model).__name__}: {first}") from None

@@ -27,7 +27,24 @@ from agd.tuning.measure import TimingConfig
 from agd.tuning.rewrite import REWRITES
 
 FORMAT = "agd-latency-table"
-VERSION = 1
+VERSION = 2  # 2: the table names its precision and runtime (version 1 files are fp32 TVM tables)
+RUNTIMES = ("tvm", "onnxruntime", "inductor")
+# the precisions each runtime deploys (agd.machine.PRECISIONS); the reasons for the gaps
+RUNTIME_PRECISIONS = {"tvm": ("fp32", "int8"), "onnxruntime": ("fp32", "int8"), "inductor": ("fp32", "bf16", "int8")}
+GAPS = {("tvm", "bf16"): "TVM 0.27 has no tensor intrinsic for AVX512-BF16 or AMX-BF16",
+        ("onnxruntime", "bf16"): "ONNX Runtime's CPU execution provider has no bf16 convolution"}
+
+
+def check_runtime(runtime: str, precision: str) -> None:
+    """AgdError for an unknown runtime or a precision it does not deploy (naming why)."""
+    from agd.machine import require_precision
+
+    if runtime not in RUNTIMES:
+        raise AgdError(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    require_precision(precision)
+    if precision not in RUNTIME_PRECISIONS[runtime]:
+        raise AgdError(f"--runtime {runtime} --precision {precision}: {GAPS[(runtime, precision)]} "
+                       f"({runtime} deploys {', '.join(RUNTIME_PRECISIONS[runtime])})")
 
 
 def entry_key(spec: Any, op: str, c_in: int, c_out: int, hw: tuple[int, int], batch: int = 1) -> str:
@@ -55,11 +72,26 @@ class LatencyTable:
     provenance: dict[str, Any] = field(default_factory=dict)
     entries: dict[str, float] = field(default_factory=dict)  # entry_key → ms
     overheads: dict[str, dict[str, Any]] = field(default_factory=dict)  # space_key → {"ms", "samples", ...}
+    precision: str = "fp32"  # what the entries were measured at (agd.machine.PRECISIONS)
+    runtime: str = "tvm"  # and with which runtime (RUNTIMES)
 
     # ----------------------------------------------------------------- file
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "target": self.target, "tvm_target": self.tvm_target,
+                "precision": self.precision, "runtime": self.runtime,
                 "provenance": self.provenance, "entries": self.entries, "overheads": self.overheads}
+
+    def describe(self) -> str:
+        """``x86, int8 via tvm``: what the table's milliseconds are of."""
+        return f"{self.target}, {self.precision} via {self.runtime}"
+
+    def check_for(self, precision: str | None, runtime: str | None, what: str) -> None:
+        """AgdError when the table was measured at another precision or with another runtime than asked."""
+        for name, want, have in (("precision", precision, self.precision), ("runtime", runtime, self.runtime)):
+            if want is not None and want != have:
+                raise AgdError(f"{what}: measured at {self.describe()}, not {name} {want}; build a table for it "
+                               f"(agd latency-table build --precision {precision or self.precision} "
+                               f"--runtime {runtime or self.runtime})")
 
     def save(self, path: str | Path) -> Path:
         atomic_write_json(path, self.to_dict())
@@ -71,13 +103,16 @@ class LatencyTable:
         d = read_json(path, "latency table")
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise AgdError(f"latency table {path}: not an agd latency table (expected \"format\": \"{FORMAT}\")")
-        if d.get("version") != VERSION:
-            raise AgdError(f"latency table {path}: version {d.get('version')!r} unsupported (this agd reads {VERSION})")
+        if d.get("version") not in (1, VERSION):
+            raise AgdError(f"latency table {path}: version {d.get('version')!r} unsupported (this agd reads 1 and {VERSION})")
         bad = [k for k, v in d.get("entries", {}).items() if not isinstance(v, (int, float)) or not v >= 0]
         if bad:
             raise AgdError(f"latency table {path}: entry {bad[0]} is not a non-negative number of ms")
+        precision, runtime = d.get("precision", "fp32"), d.get("runtime", "tvm")
+        if runtime not in RUNTIMES or precision not in RUNTIME_PRECISIONS[runtime]:
+            raise AgdError(f"latency table {path}: unknown precision/runtime {precision!r}/{runtime!r}")
         return cls(d["target"], d["tvm_target"], d.get("provenance", {}), {k: float(v) for k, v in d["entries"].items()},
-                   d.get("overheads", {}))
+                   d.get("overheads", {}), precision, runtime)
 
     # ----------------------------------------------------------------- queries
     def configurations(self, space: Any, hw: tuple[int, int] | None = None, batch: int = 1) -> list[tuple[str, int, str, int, int, tuple[int, int]]]:
@@ -176,17 +211,67 @@ class TableBuildConfig:
     seed: int = 1234
     emulated: bool = False
     timing: TimingConfig = TABLE_TIMING
+    precision: str = "fp32"
+    runtime: str = "tvm"
+
+
+def _peer_ms(model: torch.nn.Module, x: torch.Tensor, cfg: TableBuildConfig) -> float:
+    """Median wall-clock ms of ``model`` deployed with a runtime other than TVM, on this CPU. int8 is
+    calibrated on seeded random inputs of the configuration's shape: an operator inside a network sees
+    features, not images, and latency does not depend on the ranges."""
+    from agd.timing import wall_times_ms
+    from agd.tuning import lowp_peers
+
+    calib = [torch.rand(x.shape, generator=torch.Generator().manual_seed(1 + i)) * 2 - 1 for i in range(4)]
+    model = model.eval()
+    if cfg.runtime == "onnxruntime":
+        if cfg.precision == "int8":
+            fn, _ = lowp_peers.ort_int8(model, x, calib)
+        else:
+            from agd.tuning.compare import _ort_session
+
+            sess = _ort_session(model, x, None)
+            xn = x.numpy()
+
+            def fn(_x):
+                return sess.run(None, {"x": xn})[0]
+    elif cfg.precision == "int8":
+        fn, _ = lowp_peers.pt2e_int8(model, x, calib)
+    elif cfg.precision == "bf16":
+        fn, _ = lowp_peers.torch_bf16(model, x, compiled=True)
+    else:
+        cm = torch.compile(model)
+
+        def fn(inp):
+            with torch.no_grad():
+                return cm(inp)
+    n = max(cfg.timing.repeat, 5)
+    ts = wall_times_ms(lambda: fn(x), n, warmup=2)
+    return sorted(ts)[len(ts) // 2]
 
 
 def time_module(model: torch.nn.Module, spec: Any, shape: tuple[int, ...], cfg: TableBuildConfig,
                 session: Any = None, timing: Any = None) -> float:
-    """Median ms of ``model`` compiled for ``spec`` (tuned first when cfg.trials or cfg.trials_per_task > 0)."""
+    """Median ms of ``model`` deployed as ``cfg`` says: compiled by TVM for ``spec`` (tuned first when
+    cfg.trials or cfg.trials_per_task > 0; int8 through :func:`agd.tuning.int8.compile_int8`), or with
+    ONNX Runtime or torch.compile (inductor) on this CPU."""
     from agd.tuning.build import build
     from agd.tuning.export import to_relax
     from agd.tuning.measure import CompiledModel
     from agd.tuning.tune import TuneConfig, database_records, tune
 
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    if cfg.runtime != "tvm":
+        if spec.rpc is not None or spec.cross_compiler is not None:
+            raise AgdError(f"latency table: runtime {cfg.runtime} is measured on this machine, not on {spec.name}")
+        return _peer_ms(model, x * 2 - 1, cfg)
+    if cfg.precision == "int8":
+        from agd.tuning.int8 import compile_int8
+
+        calib = [torch.rand(shape, generator=torch.Generator().manual_seed(1 + i)) * 2 - 1 for i in range(4)]
+        trials = max(cfg.trials, cfg.trials_per_task)
+        b = compile_int8(model.eval(), x, calib, spec, database=cfg.database if trials else None, trials=trials)
+        return CompiledModel(b.executable, b.params, spec, session=session).time_ms(x.numpy(), timing or cfg.timing)["median_ms"]
     prog = to_relax(model.eval(), x)
     if cfg.trials > 0 or cfg.trials_per_task > 0:
         if cfg.database is None:
@@ -209,6 +294,9 @@ def build_table(table: LatencyTable, space: Any, spec: Any, hw: tuple[int, int] 
     from agd.space import derive
     from agd.space.space import build_op
 
+    if (table.precision, table.runtime) != (cfg.precision, cfg.runtime):
+        raise AgdError(f"latency table {path or ''}: measured at {table.describe()}, not {cfg.precision} via "
+                       f"{cfg.runtime}; entries of different deployments are not mixed: build a new table")
     earlier = table.provenance.get("runs") or []
     if table.entries and earlier and earlier[-1].get("export_rewrites", []) != list(REWRITES):
         raise AgdError(f"latency table {path or ''}: its entries were measured with export rewrites "
@@ -216,6 +304,7 @@ def build_table(table: LatencyTable, space: Any, spec: Any, hw: tuple[int, int] 
                        "the timings are not comparable: build a new table")
     table.provenance.setdefault("runs", []).append({
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "trials_per_configuration": cfg.trials,
+        "precision": cfg.precision, "runtime": cfg.runtime,
         "trials_per_task": cfg.trials_per_task,
         "database": str(cfg.database) if cfg.database else None, "tvm": tvm.__version__,
         "emulated": cfg.emulated, "timing": asdict(cfg.timing), "export_rewrites": list(REWRITES)})

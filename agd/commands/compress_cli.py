@@ -41,6 +41,10 @@ def search_cmd(
     target: Optional[str] = typer.Option(None, help="The target the latency table must be for (x86, arm64, ...)."),
     latency_size: Optional[str] = typer.Option(None, help="Input HxW the latency budget is for (default: the one "
                                                "size the table holds for the space, else its reference size)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="With --latency: the precision the student "
+                                            "will be deployed at; the latency table must be of it (default: the table's)."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="With --latency: tvm, onnxruntime or inductor; the "
+                                          "latency table must be of it (default: the table's)."),
     device: str = typer.Option("cpu", help="torch device."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
     vgg_weights: Optional[Path] = typer.Option(None, help="torchvision VGG16/VGG19 state dict for perceptual losses."),
@@ -60,6 +64,7 @@ def search_cmd(
     run_search_job(SearchJob(teacher=teacher_spec(teacher, task, scale, teacher_range), images=images, out=out, preset=preset, macs=macs, ratio=ratio,
                              latency=latency, latency_table=latency_table, target=target,
                              latency_size=parse_size(latency_size, "--latency-size"),
+                             precision=precision, runtime=runtime,
                              device=device, resume=resume, vgg_weights=vgg_weights,
                              overrides={k: v for k, v in overrides.items() if v is not None}))
 

@@ -24,6 +24,8 @@ class SearchJob:
     latency_table: Path | None = None
     target: str | None = None
     latency_size: tuple[int, int] | None = None  # the input the latency budget is for (None: from the table)
+    precision: str | None = None  # the latency table must be of this precision (None: the table's)
+    runtime: str | None = None  # and of this runtime (None: the table's)
     device: str = "cpu"
     resume: bool = False
     vgg_weights: Path | None = None
@@ -99,6 +101,7 @@ def run_search_job(job: SearchJob):
             job.macs, job.latency = None, saved["budget"]["value"]
             job.latency_table, job.target = Path(saved["budget"]["latency_table"]), saved["budget"]["target"]
             job.latency_size = tuple(saved["budget"]["size"]) if saved["budget"].get("size") else None
+            job.precision, job.runtime = saved["budget"].get("precision"), saved["budget"].get("runtime")
     device = torch.device(job.device)
     teacher = load_teacher(given, device=device)
     if job.resume:
@@ -116,7 +119,8 @@ def run_search_job(job: SearchJob):
             raise AgdError("budget: give one of --macs, --ratio and --latency")
         if job.latency_table is None:
             raise AgdError("--latency needs --latency-table (build one with: agd latency-table build --target T)")
-        budget, tables = latency_budget(space, job.latency, job.latency_table, job.target, hw=job.latency_size)
+        budget, tables = latency_budget(space, job.latency, job.latency_table, job.target, hw=job.latency_size,
+                                        precision=job.precision, runtime=job.runtime)
     else:
         teacher_macs = None
         if job.ratio is not None:
@@ -148,10 +152,15 @@ def run_search_job(job: SearchJob):
                           "budget": {"kind": budget.kind, "value": budget.value,
                                      "macs": budget.value if budget.kind == "macs" else None,
                                      "latency_table": str(job.latency_table) if job.latency_table else None,
-                                     "target": job.target, "size": list(budget.size) if budget.size else None},
+                                     "target": job.target, "size": list(budget.size) if budget.size else None,
+                                     "deployment": budget.deployment, "precision": _table_field(job, "precision"),
+                                     "runtime": _table_field(job, "runtime")},
                           "space": space_name, "space_config": config_to_dict(space_cfg), "space_narrowed": narrowed_by,
                           "search": cfg.to_dict(), "loss": loss.describe(),
                           "pretrain_loss": pretrain_loss.describe()})
+    if budget.kind == "latency":
+        console.print(f"budget: {budget.describe()} at {'x'.join(map(str, budget.size))} (latency table "
+                      f"{job.latency_table})", highlight=False)
     if narrowed_by != 1.0:
         console.print(f"space {space_name}: its widths narrowed to {narrowed_by:g} so that networks within the budget "
                       f"exist ({space.config.kind}: {_widths(space_cfg)})", highlight=False)
@@ -171,6 +180,15 @@ def run_search_job(job: SearchJob):
         console.print(f"genotype {run.path / 'genotype.json'}: {cost} ({result.cost / budget.value:.3f} x budget), "
                       f"held-out loss {result.heldout_loss:.5f}", highlight=False)
     return run, search, result
+
+
+def _table_field(job: SearchJob, name: str) -> str | None:
+    """The latency table's precision or runtime (what the search budgets for), None without a table."""
+    if job.latency_table is None:
+        return None
+    from agd.tuning.latency_table import LatencyTable
+
+    return getattr(LatencyTable.load(job.latency_table), name)
 
 
 def _widths(c) -> str:

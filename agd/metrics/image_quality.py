@@ -69,6 +69,20 @@ def psnr(a: torch.Tensor, b: torch.Tensor, *, crop: int = 0, y_channel: bool = T
     return sum(vals) / len(vals)
 
 
+def output_psnr(out, ref, data_range: float = 2.0) -> float:
+    """PSNR (dB) of one network output to another, on all channels, unrounded: how far a deployment (a
+    low-precision build, another runtime) moves a network's [-1, 1] output (``data_range`` 2) from its
+    fp32 reference; inf when they are equal. Arrays or tensors."""
+    import numpy as np
+
+    a = np.asarray(out, dtype=np.float64)
+    b = np.asarray(ref, dtype=np.float64)
+    if a.shape != b.shape:
+        raise AgdError(f"output PSNR: shapes {a.shape} and {b.shape} differ")
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(data_range ** 2 / mse)
+
+
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))

@@ -53,9 +53,12 @@ class Budget:
     unit: str = "MACs"
     overhead: float = 0.0  # per-network constant (latency tables)
     size: tuple[int, int] | None = None  # the input (H, W) a latency budget is for (None: the space's reference)
+    deployment: str | None = None  # a latency budget's target, precision and runtime ("x86, int8 via tvm")
 
     def describe(self) -> str:
-        return f"{self.value / 1e9:.3f} GMACs" if self.kind == "macs" else f"{self.value:.3f} ms"
+        if self.kind == "macs":
+            return f"{self.value / 1e9:.3f} GMACs"
+        return f"{self.value:.3f} ms" + (f" on {self.deployment}" if self.deployment else "")
 
 
 def macs_budget(space: SearchSpace, *, macs: str | float | None = None, ratio: float | None = None,
@@ -142,7 +145,8 @@ def cost_extremes(space: SearchSpace, tables: list[torch.Tensor]) -> tuple[float
 
 
 def latency_budget(space: SearchSpace, ms: str | float, table_path, target: str | None = None,
-                   hw: tuple[int, int] | None = None) -> tuple[Budget, list[torch.Tensor]]:
+                   hw: tuple[int, int] | None = None, precision: str | None = None,
+                   runtime: str | None = None) -> tuple[Budget, list[torch.Tensor]]:
     """A latency budget from a latency table (``agd latency-table build``): the per-layer tables in ms and
     the per-network overhead; checked against the space's range under the table. ``hw`` is the input size
     the budget is for; by default the one size the table covers for this space, else the space's
@@ -153,6 +157,7 @@ def latency_budget(space: SearchSpace, ms: str | float, table_path, target: str 
     table = LatencyTable.load(table_path)
     if target is not None and table.target != target:
         raise AgdError(f"--latency-table {table_path}: was measured for target {table.target!r}, not {target!r}")
+    table.check_for(precision, runtime, f"--latency-table {table_path}")
     hw = tuple(hw) if hw else _table_size(table, table_path, space)
     tables = table.tables(space, hw)
     overhead = table.overhead(space, hw)
@@ -163,7 +168,7 @@ def latency_budget(space: SearchSpace, ms: str | float, table_path, target: str 
     if value > hi + overhead:
         raise AgdError(f"budget {value:.3f} ms is above the slowest network of the {space.kind} space on "
                        f"{table.target} ({hi + overhead:.3f} ms predicted); no search is needed")
-    return Budget("latency", value, "ms", overhead, size=hw), tables
+    return Budget("latency", value, "ms", overhead, size=hw, deployment=table.describe()), tables
 
 
 def _table_size(table, table_path, space: SearchSpace) -> tuple[int, int]:

@@ -1,5 +1,6 @@
 """Deployment benchmark (``agd bench deploy``): a real derived student of each space at batch 1 on this
-CPU through PyTorch eager, torch.compile, ONNX Runtime, TVM untuned and TVM tuned.
+CPU, per precision: PyTorch eager, torch.compile, ONNX Runtime, TVM untuned and tuned (fp32); bf16
+autocast; ONNX Runtime QDQ, PT2E and TVM VNNI int8.
 
 As a plain test (``--benchmark-disable``, the default) it runs a tiny derived network with every
 backend but torch.compile and tuning, to check the pipeline (torch.compile's first compile alone takes tens of seconds here). Measure with
@@ -35,9 +36,27 @@ def test_bench_deploy(request, tmp_path):
     else:
         g = SearchSpace(get_config("translation-tiny")).random_genotype(random.Random(0))
         paths = [g.save(tmp_path / "tiny.json")]
+        # every precision's cheap rows (torch.compile's and PT2E's compiles take tens of seconds here: their
+        # own tests cover them)
         res = bench_deploy(paths, (32, 32), 0, tmp_path / "db", repeats=2, threads=None,
-                           backends=("eager", "onnxruntime", "tvm-untuned"))
+                           backends=("eager", "onnxruntime", "tvm-untuned", "eager-bf16", "tvm-bf16",
+                                     "onnxruntime-int8", "tvm-int8"))
+    from agd.machine import cpu_summary, precision_reason
+
+    assert res["device"] == cpu_summary()
     for s in res["students"]:
         by = {r["backend"]: r for r in s["rows"]}
         assert by["eager"]["ok"] and by["onnxruntime"]["ok"] and by["tvm-untuned"]["ok"]
         assert by["tvm-untuned"]["max_abs_error"] < 1e-3 and by["onnxruntime"]["max_abs_error"] < 1e-3
+        assert by["eager"]["psnr_to_fp32_db"] == float("inf") and by["tvm-untuned"]["psnr_to_fp32_db"] > 60
+        if full:
+            continue
+        assert not by["tvm-bf16"]["ok"] and by["tvm-bf16"]["precision"] == "bf16"
+        for name, p, floor in (("eager-bf16", "bf16", 25.0), ("onnxruntime-int8", "int8", 20.0), ("tvm-int8", "int8", 20.0)):
+            r = by[name]
+            assert r["precision"] == p
+            if precision_reason(p):
+                assert not r["ok"] and precision_reason(p) in r["note"]
+            else:
+                assert r["ok"], r["note"]
+                assert r["psnr_to_fp32_db"] > floor, (name, r)
