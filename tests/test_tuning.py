@@ -184,35 +184,6 @@ def test_arm64_cross_compiles_to_aarch64_elf(tmp_path):
         compile_model(nn.Conv2d(3, 3, 1), spec, (1, 3, 4, 4), CompileConfig())
 
 
-@pytest.fixture
-def arm64_rpc():
-    """(rpc://HOST:PORT/KEY, emulated) of an aarch64 TVM RPC device: AGD_TEST_ARM64_RPC (a real device's
-    tracker), else an emulated one started here: a tracker in this process and an aarch64 Python RPC
-    server under qemu-aarch64 from AGD_ARM64_SYSROOT or .cache/arm64-emu (`python -m agd.tuning.emulate
-    setup DIR` provisions it; .ci/run does). Skips when neither is available."""
-    url = os.environ.get("AGD_TEST_ARM64_RPC")
-    if url:
-        yield url, False
-        return
-    from tvm.rpc.tracker import Tracker
-
-    from agd.tuning.emulate import DEFAULT_DIR, start_rpc_server, unavailable_reason
-
-    if shutil.which("aarch64-linux-gnu-g++") is None:
-        pytest.skip("aarch64-linux-gnu-g++ absent (apt-get install g++-aarch64-linux-gnu; .ci/run installs it)")
-    emu = Path(os.environ.get("AGD_ARM64_SYSROOT") or REPO / DEFAULT_DIR)
-    reason = unavailable_reason(emu)
-    if reason is not None:
-        pytest.skip(f"no emulated aarch64 device: {reason}; or set AGD_TEST_ARM64_RPC=rpc://HOST:PORT/KEY")
-    tport = _free_port()
-    tracker = Tracker("127.0.0.1", port=tport, port_end=tport + 1, silent=True)
-    try:
-        with start_rpc_server(emu, "127.0.0.1", tracker.port, "agd-arm64-emu", timeout_s=120) as server:
-            yield server.url, True
-    finally:
-        tracker.terminate()
-
-
 def test_arm64_runs_through_rpc_under_qemu(tmp_path, arm64_rpc):
     url, emulated = arm64_rpc
     spec = resolve_target(url)
@@ -221,6 +192,24 @@ def test_arm64_runs_through_rpc_under_qemu(tmp_path, arm64_rpc):
     head = (tmp_path / "art" / "model.so").read_bytes()[:20]
     assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
     print(f"{url}: {man['latency_ms']:.3f} ms{' (EMULATED under qemu, not ARM speed)' if emulated else ''}")
+
+
+def test_arm64_int8_compile_through_rpc(tmp_path, arm64_rpc, capsys):
+    """`agd compile --target rpc://... --precision int8`: sdot kernels cross-compiled with +dotprod, the
+    quality check run on the aarch64 device, the manifest says int8, emulated, and the target it built."""
+    from cli_helpers import run_cli
+
+    url, emulated = arm64_rpc
+    args = ["compile", str(_genotype(tmp_path)), "--target", url, "--output", str(tmp_path / "art"), "--size", "24x20",
+            "--precision", "int8", "--calibration", "builtin", "--trials", "0"]
+    code, out, err = run_cli(capsys, *(args + (["--emulated"] if emulated else [])))
+    assert code == 0, err
+    man = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert man["precision"] == "int8" and "sdot" in man["int8"] and "+dotprod" in man["target"]["tvm_target"]["mattr"]
+    assert man["quality"]["ok"] and man["quality"]["psnr_to_fp32_db"] >= 40 and man["latency_emulated"] is emulated
+    assert not man["vs_eager"]["compared"] and "another device" in man["vs_eager"]["why"]
+    assert "EMULATED" in out if emulated else True
+    print(out.strip().splitlines()[0], f"{man['quality']['psnr_to_fp32_db']:.1f} dB to fp32")
 
 
 def test_export_rewrites_convolutions_and_the_build_matches(x86):

@@ -151,6 +151,58 @@ def test_disassembly_has_vnni(built) -> None:
     assert counts["total"]["vpmaddubsw"] == 0  # not the pre-VNNI AVX-512BW sequence
 
 
+def test_arm64_sdot_build_through_rpc_matches_fake_quantized_reference(arm64_rpc, tmp_path) -> None:
+    """The aarch64 scheme (s8 activations, four ``sdot`` per 16 x 4 tile), cross-compiled with +dotprod,
+    run on the aarch64 RPC device (emulated under qemu here), against the same float64 fake-quantized
+    reference as the x86 build; ``sdot`` in the disassembly of every int8 convolution kernel."""
+    import shutil
+
+    from agd.tuning.build import export_library
+    from agd.tuning.targets import resolve_target
+
+    url, emulated = arm64_rpc
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        for n in (net.n1, net.n3):
+            n.weight.uniform_(0.5, 1.5)
+            n.bias.uniform_(-0.3, 0.3)
+    calib = [torch.randn(1, 3, 20, 24) for _ in range(3)]
+    x = torch.randn(1, 3, 20, 24)
+    b = int8.compile_int8(net, x, calib + [x], resolve_target(url))
+    assert b.scheme == "sdot" and "+dotprod" in b.spec.tvm_target["mattr"] and b.n_int8 == 4, b.note
+    ref = _fake_quant_forward(net, x, int8.calibrate(net, calib + [x]))
+    y = torch.from_numpy(b.run(x.numpy())).double()
+    scale = float(ref.abs().max())
+    err = float((y - ref).abs().max())
+    with torch.no_grad():
+        quant_err = float((net(x).double() - ref).abs().max())
+    assert err <= TOL * scale, f"aarch64 int8 vs fake-quantized float64: {err:.3g} (scale {scale:.3g})"
+    assert quant_err > 5 * TOL * scale
+    print(f"{url}{' (emulated)' if emulated else ''}: int8 sdot vs fake-quant float64 {err:.3g}, scale {scale:.3g}")
+    if shutil.which("aarch64-linux-gnu-objdump") is None:
+        pytest.skip("aarch64-linux-gnu-objdump absent (apt-get install binutils-aarch64-linux-gnu)")
+    counts = int8.disassembly_counts(export_library(b.executable, b.spec, tmp_path / "net.so"),
+                                     "aarch64-linux-gnu-objdump")
+    conv_syms = [s for s in counts if s.startswith("conv_s8s8_sdot")]
+    assert len(conv_syms) == 4, sorted(counts)
+    for s in conv_syms:
+        assert counts[s]["sdot"] > 0 and counts[s]["smlal"] == 0, (s, counts[s])
+
+
+def test_arm64_int8_refuses_tuning_and_a_device_less_target() -> None:
+    from agd.io import AgdError
+    from agd.tuning.targets import resolve_target
+
+    net = Net().eval()
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(AgdError, match="no MetaSchedule tuning for the aarch64 sdot kernels"):
+        int8.compile_int8(net, x, [x], resolve_target("rpc://127.0.0.1:9/k"), database=None, trials=8)
+    if resolve_target("arm64").cross_compiler is not None:
+        with pytest.raises(AgdError, match="needs an aarch64 device"):
+            int8.compile_int8(net, x, [x], resolve_target("arm64"))
+
+
 def test_range_count_mismatch_is_an_error() -> None:
     from agd.io import AgdError
 

@@ -187,17 +187,17 @@ def quality_check(fp32: Any, build: Any, inputs: tuple[torch.Tensor, ...], teach
 
 
 def _compile_int8(model: torch.nn.Module, spec: TargetSpec, x: torch.Tensor, config: CompileConfig) -> dict[str, Any]:
-    """int8 post-training quantization (:mod:`agd.tuning.int8`: u8 x s8 on VNNI), the quality check on
+    """int8 post-training quantization (:mod:`agd.tuning.int8`: u8 x s8 on x86 VNNI, s8 x s8 on aarch64
+    sdot), the quality check on
     held-out inputs (refused with the figure when it fails), timing, and the comparison with eager."""
     if not config.calibration:
         raise AgdError("--precision int8: no calibration images (give --calibration DIR, or 'builtin' for agd's "
                        "built-in training samples)")
-    if spec.rpc is not None or spec.cross_compiler is not None:
-        raise AgdError(f"--precision int8 on target {spec.name}: the int8 build is x86 VNNI only")
     from agd.tuning.int8 import compile_int8
 
+    # x86: VNNI kernels for this machine; aarch64 (an rpc:// device): sdot kernels, fixed schedule, run there
     b = compile_int8(model, x, list(config.calibration), spec, database=config.database, trials=config.trials)
-    cm = CompiledModel(b.executable, b.params, spec)
+    cm = b.run
     q = quality_check(model, cm, config.quality_inputs or (x,), config.teacher, config.max_drop_db, config.min_psnr_db,
                       config.input_range[1] - config.input_range[0])
     if not q["ok"]:
@@ -210,8 +210,8 @@ def _compile_int8(model: torch.nn.Module, spec: TargetSpec, x: torch.Tensor, con
     err = float(np.abs(cm(x.numpy()).astype(np.float64) - ref).max())
     return {"executable": b.executable, "program": None, "params": b.params, "max_abs_error": err,
             "latency": cm.time_ms(x.numpy(), config.timing), "tune_report": b.tune_report,
-            "tuned": b.tune_report is not None, "emulated": False, "output_shape": list(ref.shape),
-            "precision": "int8", "quality": q, "int8": b.note,
+            "tuned": b.tune_report is not None, "emulated": config.emulated, "output_shape": list(ref.shape),
+            "precision": "int8", "quality": q, "int8": b.note, "built_target": b.spec.tvm_target,
             "vs_eager": _vs_eager(model, cm, x, spec, config)}
 
 
@@ -238,7 +238,7 @@ def compile_genotype(genotype_path: Path, spec: TargetSpec, output: Path, config
         "weights": {"path": str(weights), "sha256": _sha(weights)} if weights is not None
         else {"path": None, "note": f"no weights given: seeded random init (torch.manual_seed({config.seed})), "
                                     "for latency work only"},
-        "target": {"name": spec.name, "tvm_target": spec.tvm_target, "host": spec.host,
+        "target": {"name": spec.name, "tvm_target": res.get("built_target", spec.tvm_target), "host": spec.host,
                    "cross_compiler": spec.cross_compiler, "notes": spec.notes},
         "input_shape": list(shape), "output_shape": res["output_shape"],
         "precision": res["precision"], "quality": res["quality"], "int8": res.get("int8"),

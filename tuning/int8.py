@@ -1,5 +1,6 @@
-"""int8 convolutions for x86 CPUs with AVX-512 VNNI (``vpdpbusd``): post-training quantization of agd's
-exported Relax program, and proof from the built library's disassembly that VNNI is used.
+"""int8 convolutions for x86 CPUs with AVX-512 VNNI (``vpdpbusd``) and for aarch64 CPUs with the Armv8.2
+dot-product extension (``sdot``): post-training quantization of agd's exported Relax program, and proof
+from the built library's disassembly that those instructions are used.
 
 Scheme (what every quantized ``conv2d`` computes):
 
@@ -30,6 +31,13 @@ them ``<64 x i8>``, so every tensorized kernel fails LLVM verification ("Call pa
 function signature!"). :func:`register_vnni_intrinsic` registers a correct implementation (same semantics,
 byte-vector operands) under agd's own name and, for MetaSchedule, over ``dot_16x4_vnni``.
 
+aarch64 (scheme ``"sdot"``). ``sdot`` multiplies signed bytes by signed bytes (4 int32 lanes of 4-byte dot
+products). The activations are quantized exactly as above and then stored as ``q - 128`` (int8); the
+compensation becomes ``(z - 128) sum w_q[o]``, so the result is the same integer ``sum q w_q - z sum w_q``
+as on x86. The layouts are the same; one 16 x 4 tile is four ``sdot``. It needs ``+dotprod`` (Cortex-A55,
+A76 and later, Apple M, Neoverse; not the Cortex-A53 / A72 of a Raspberry Pi 3 / 4), which the int8 build
+adds to the target. No MetaSchedule tuning there: the fixed schedule only.
+
 Two ways to schedule the int8 convolution:
 
 * ``schedule="vnni"`` (:func:`schedule_conv_vnni`): a fixed schedule, tensorized with the intrinsic, needing
@@ -53,6 +61,8 @@ from torch import nn
 from agd.io import AgdError
 
 INTRIN_NAME = "agd_dot_16x4_u8s8i32_vpdpbusd"
+SDOT_INTRIN_NAME = "agd_dot_16x4_s8s8i32_sdot"
+SCHEMES = ("vnni", "sdot")  # x86 AVX512-VNNI (u8 activations), aarch64 dotprod (s8 activations)
 TVM_VNNI_INTRIN = "dot_16x4_vnni"  # MetaSchedule's x86 "vnni" rule tensorizes with this name
 OC_BLOCK, IC_BLOCK = 16, 4  # int32 lanes x bytes per lane of one vpdpbusd
 
@@ -248,6 +258,41 @@ def _intrin_funcs() -> tuple[Any, Any]:
     return desc, impl
 
 
+def _sdot_intrin_funcs() -> tuple[Any, Any]:
+    """(description, implementation) of the same 16 x 4 tile for aarch64, ``a`` signed: four
+    ``llvm.aarch64.neon.sdot`` (``<4 x i32>`` accumulators, ``<16 x i8>`` operands), ``a``'s 4 bytes
+    broadcast to the 4 lanes, ``b``'s 16 x 4 bytes in four rows of 4 x 4."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((4,), "int8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            for o, i in T.grid(16, 4):
+                with T.sblock("update"):
+                    vo, vi = T.axis.remap("SR", [o, i])
+                    c[vo] = c[vo] + T.cast(a[vi], "int32") * T.cast(b[vo, vi], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((4,), "int8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            word = T.reinterpret(a.vload([0], "int8x4"), dtype="int32")
+            for j in T.unroll(4):
+                c[T.ramp(j * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot"),
+                    c.vload([j * 4], dtype="int32x4"),
+                    T.reinterpret(T.broadcast(word, 4), dtype="int8x16"),
+                    b.vload([j * 4, 0], dtype="int8x16"),
+                    dtype="int32x4")
+
+    return desc, impl
+
+
 _REGISTERED: set[str] = set()
 
 
@@ -270,10 +315,30 @@ def register_vnni_intrinsic(override_tvm: bool = False) -> str:
     return INTRIN_NAME
 
 
+def register_sdot_intrinsic() -> str:
+    """Register agd's aarch64 ``sdot`` tile (:data:`SDOT_INTRIN_NAME`). Idempotent."""
+    from tvm.s_tir import TensorIntrin
+
+    if SDOT_INTRIN_NAME not in _REGISTERED:
+        TensorIntrin.register(SDOT_INTRIN_NAME, *_sdot_intrin_funcs(), override=True)
+        _REGISTERED.add(SDOT_INTRIN_NAME)
+    return SDOT_INTRIN_NAME
+
+
+def scheme_for(spec: Any) -> str:
+    """The int8 scheme of a target: ``"sdot"`` for aarch64 LLVM targets, ``"vnni"`` for x86 ones."""
+    tgt = spec.tvm_target
+    if tgt.get("kind") != "llvm":
+        raise AgdError(f"int8: target {spec.name} is not a CPU (the int8 path builds VNNI or sdot kernels)")
+    return "sdot" if str(tgt.get("mtriple", "")).startswith("aarch64") else "vnni"
+
+
 # ------------------------------------------------------------------------------------------- TE kernels
 
-def te_quantize_pack(x: Any, scale: float, zp: int, pad: tuple[int, int, int, int], cpad: int) -> Any:
-    """float NCHW → uint8 N C/4 H W 4c, spatially padded (top, left, bottom, right) with the zero point."""
+def te_quantize_pack(x: Any, scale: float, zp: int, pad: tuple[int, int, int, int], cpad: int,
+                     signed: bool = False) -> Any:
+    """float NCHW → uint8 N C/4 H W 4c, spatially padded (top, left, bottom, right) with the zero point;
+    ``signed``: the same codes minus 128, as int8 (the aarch64 ``sdot`` scheme)."""
     from tvm import te, tirx
 
     n, c, h, w = (int(v) for v in x.shape)
@@ -288,13 +353,15 @@ def te_quantize_pack(x: Any, scale: float, zp: int, pad: tuple[int, int, int, in
         # round half up without a rounding call (which LLVM leaves scalar): clamp, then truncate
         q = v * tirx.const(inv, "float32") + tirx.const(zp + 0.5, "float32")
         q = tirx.max(tirx.min(q, tirx.const(255.0, "float32")), tirx.const(0.0, "float32"))
+        if signed:
+            return tirx.if_then_else(inside, (q.astype("int32") - 128).astype("int8"), tirx.const(zp - 128, "int8"))
         return tirx.if_then_else(inside, q.astype("uint8"), tirx.const(zp, "uint8"))
 
     return te.compute((n, cpad // IC_BLOCK, h + pt + pb, w + pl + pr, IC_BLOCK), f, name="quantize_pack")
 
 
 def te_conv_u8s8(data: Any, wgt: Any, stride: tuple[int, int]) -> Any:
-    """int32 N O/16 OH OW 16o = conv(uint8 N C/4 H W 4c, int8 O/16 C/4 KH KW 16o 4i), no padding."""
+    """int32 N O/16 OH OW 16o = conv(uint8 (or int8) N C/4 H W 4c, int8 O/16 C/4 KH KW 16o 4i), no padding."""
     from tvm import te
 
     n, cb, h, w, _ = (int(v) for v in data.shape)
@@ -329,13 +396,13 @@ def _pick_tile(extent: int, choices: tuple[int, ...] = (16, 14, 12, 8, 7, 6, 4, 
     return 1
 
 
-def schedule_conv_vnni(func: Any) -> Any:
+def schedule_conv_vnni(func: Any, scheme: str = "vnni") -> Any:
     """A fixed VNNI schedule of a :func:`te_conv_u8s8` PrimFunc: per (batch, output block, row) in parallel,
     output columns tiled by up to 16, the reduction over input blocks and taps outside, the 16o x 4i tile
-    tensorized with :data:`INTRIN_NAME`."""
+    tensorized with :data:`INTRIN_NAME` (``scheme="sdot"``: with :data:`SDOT_INTRIN_NAME`)."""
     from tvm import s_tir
 
-    register_vnni_intrinsic()
+    intrin = register_sdot_intrinsic() if scheme == "sdot" else register_vnni_intrinsic()
     sch = s_tir.Schedule(func)
     blk = sch.get_sblock("conv_u8s8")
     b, o, y, x, oi, rc, ry, rx, ri = sch.get_loops(blk)
@@ -344,7 +411,7 @@ def schedule_conv_vnni(func: Any) -> Any:
     sch.reorder(b, o, y, xo, rc, ry, rx, xi, oi, ri)
     sch.parallel(sch.fuse(b, o, y))
     sch.decompose_reduction(blk, rc)
-    sch.tensorize(oi, INTRIN_NAME)
+    sch.tensorize(oi, intrin)
     return sch.mod["main"].without_attr("global_symbol").with_attr("op_pattern", 8)  # kOpaque: not fused (its body is already scheduled)
 
 
@@ -361,13 +428,15 @@ class QuantizedConv:
     why_not: str = ""
 
 
-def quantize_program(program: Any, ranges: list[ActRange], schedule: str | None = "vnni") -> tuple[Any, list[QuantizedConv]]:
+def quantize_program(program: Any, ranges: list[ActRange], schedule: str | None = "vnni",
+                     scheme: str = "vnni") -> tuple[Any, list[QuantizedConv]]:
     """The Relax module of ``program`` (an :class:`agd.tuning.export.RelaxProgram`, ``main(input, *params)``)
     with every ``conv2d`` (groups 1, NCHW / OIHW, dilation 1, weight a parameter or constant) as
     quantize-pack → int8 VNNI convolution → dequantize (see the module docstring); ``ranges`` from
     :func:`calibrate`, one per ``conv2d`` call in execution order (grouped ones keep theirs unused).
     ``schedule="vnni"``: the int8 kernels carry :func:`schedule_conv_vnni`; ``None``: unscheduled, for
-    MetaSchedule. Returns (module, per-convolution report). ``main``'s signature and ``program.params``
+    MetaSchedule. ``scheme``: ``"vnni"`` (u8 activations) or ``"sdot"`` (s8 activations, aarch64; fixed
+    schedule only). Returns (module, per-convolution report). ``main``'s signature and ``program.params``
     are unchanged (the packed int8 weights are constants of the module)."""
     import tvm
     from tvm import relax
@@ -375,6 +444,10 @@ def quantize_program(program: Any, ranges: list[ActRange], schedule: str | None 
 
     if schedule not in ("vnni", None):
         raise AgdError(f"schedule {schedule!r}: expected 'vnni' or None")
+    if scheme not in SCHEMES:
+        raise AgdError(f"int8 scheme {scheme!r}: expected one of {', '.join(SCHEMES)}")
+    signed = scheme == "sdot"
+    offset = 128 if signed else 0  # stored activation code = q - offset
     main = program.mod["main"]
     param_values = {p: v for p, v in zip(list(main.params)[1:], program.params)}
     conv_op = tvm.ir.Op.get("relax.nn.conv2d")
@@ -426,10 +499,10 @@ def quantize_program(program: Any, ranges: list[ActRange], schedule: str | None 
             mult = np.zeros(op_, np.float32)
             mult[:o] = (np.float64(aq.scale) * ws.astype(np.float64)).astype(np.float32)
             comp = np.zeros(op_, np.int32)
-            comp[:o] = aq.zero_point * wq.reshape(o, -1).astype(np.int64).sum(axis=1)
+            comp[:o] = (aq.zero_point - offset) * wq.reshape(o, -1).astype(np.int64).sum(axis=1)
             pad = tuple(int(p) for p in a.padding)  # top, left, bottom, right
             bb = self.builder_
-            q = bb.emit_te(te_quantize_pack, data, aq.scale, aq.zero_point, pad, ip,
+            q = bb.emit_te(te_quantize_pack, data, aq.scale, aq.zero_point, pad, ip, signed,
                            primfunc_name_hint="quantize_pack")
             wpacked = pack_weight(wq)
             wc = relax.const(wpacked, "int8")
@@ -437,11 +510,11 @@ def quantize_program(program: Any, ranges: list[ActRange], schedule: str | None 
             if schedule == "vnni":
                 from tvm import te
 
-                dph = te.placeholder([int(v) for v in q.ty.shape], "uint8", name="data")
+                dph = te.placeholder([int(v) for v in q.ty.shape], "int8" if signed else "uint8", name="data")
                 wph = te.placeholder(list(wpacked.shape), "int8", name="wgt")
                 out = te_conv_u8s8(dph, wph, stride)
-                func = schedule_conv_vnni(te.create_prim_func([dph, wph, out]))
-                gv = bb.add_func(func, "conv_u8s8_vnni")
+                func = schedule_conv_vnni(te.create_prim_func([dph, wph, out]), scheme)
+                gv = bb.add_func(func, "conv_u8s8_vnni" if scheme == "vnni" else "conv_s8s8_sdot")
                 acc = bb.emit(relax.call_tir(gv, [q, wc], relax.TensorType(
                     [int(v) for v in out.shape], "int32")))
             else:
@@ -550,18 +623,25 @@ def tune_int8(mod: Any, spec: Any, work_dir: str | Path, config: Any = None) -> 
     return tune(mod, spec, work_dir, config or TuneConfig())
 
 
-def disassembly_counts(lib_path: str | Path) -> dict[str, dict[str, int]]:
+DISASSEMBLY_KEYS = ("vpdpbusd", "vpdpbusds", "vpdpwssd", "vpmaddubsw", "vpmaddwd", "vfmadd",
+                    "sdot", "udot", "usdot", "smlal", "fmla")
+
+
+def disassembly_counts(lib_path: str | Path, objdump: str = "objdump") -> dict[str, dict[str, int]]:
     """``objdump -d`` of a shared library: per function symbol, how many ``vpdpbusd`` (VNNI u8 x s8),
     ``vpdpbusds``, ``vpdpwssd``, ``vpmaddubsw`` / ``vpmaddwd`` (the pre-VNNI int8 sequence) and ``vfmadd*``
-    (float FMA) instructions it holds; key ``"total"`` sums them. Symbols without any are left out."""
+    (float FMA) instructions it holds, and on aarch64 (``objdump="aarch64-linux-gnu-objdump"``) ``sdot`` /
+    ``udot`` / ``usdot`` (dot product), ``smlal`` (the widening multiply-add without it) and ``fmla``
+    (float FMA); key ``"total"`` sums them. Symbols without any are left out."""
     try:
-        out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(lib_path)], check=True,
+        out = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(lib_path)], check=True,
                              capture_output=True, text=True).stdout
     except FileNotFoundError:
-        raise AgdError("objdump not found (apt-get install binutils)") from None
+        raise AgdError(f"{objdump} not found (apt-get install binutils"
+                       + ("-aarch64-linux-gnu" if "aarch64" in objdump else "") + ")") from None
     sym_re = re.compile(r"^[0-9a-f]+ <(.+)>:$")
     counts: dict[str, dict[str, int]] = {}
-    total = dict.fromkeys(("vpdpbusd", "vpdpbusds", "vpdpwssd", "vpmaddubsw", "vpmaddwd", "vfmadd"), 0)
+    total = dict.fromkeys(DISASSEMBLY_KEYS, 0)
     sym = "?"
     for line in out.splitlines():
         m = sym_re.match(line)
@@ -572,7 +652,7 @@ def disassembly_counts(lib_path: str | Path) -> dict[str, dict[str, int]]:
         if len(parts) < 2:
             continue
         mn = parts[1].split()[0] if parts[1].split() else ""
-        key = "vfmadd" if mn.startswith("vfmadd") else mn
+        key = "vfmadd" if mn.startswith("vfmadd") else "smlal" if mn.startswith("smlal") else mn
         if key in total:
             total[key] += 1
             counts.setdefault(sym, dict.fromkeys(total, 0))[key] += 1
@@ -583,6 +663,17 @@ def disassembly_counts(lib_path: str | Path) -> dict[str, dict[str, int]]:
 # ------------------------------------------------------------------------------------- whole generators
 
 SCHEME = "int8 u8xs8 VNNI"
+SDOT_SCHEME = "int8 s8xs8 aarch64 sdot"
+
+
+def with_dotprod(spec: Any) -> Any:
+    """An aarch64 target spec with ``+dotprod`` among its LLVM attributes (what ``sdot`` needs)."""
+    from dataclasses import replace
+
+    mattr = list(spec.tvm_target.get("mattr", []))
+    if "+dotprod" in mattr:
+        return spec
+    return replace(spec, tvm_target={**spec.tvm_target, "mattr": mattr + ["+dotprod"]})
 
 
 @dataclass
@@ -606,6 +697,8 @@ class Int8Build:
     output_shape: tuple[int, ...]
     note: str
     seconds: float = 0.0  # export + calibration + quantization + tuning + build
+    scheme: str = "vnni"  # SCHEMES
+    spec: Any = None  # the target it was built for (aarch64: with +dotprod added)
 
     @property
     def n_int8(self) -> int:
@@ -683,12 +776,27 @@ def compile_int8(model: nn.Module, example: torch.Tensor, calibration: list[torc
 
     t0 = time.perf_counter()
     say = progress or (lambda _s: None)
-    why = vnni_reason()
-    if why:
-        raise AgdError(why)
-    if spec.tvm_target.get("kind") != "llvm" or spec.rpc is not None or spec.cross_compiler is not None:
-        raise AgdError(f"int8: target {spec.name} is not this x86 CPU (the int8 path builds AVX512-VNNI "
-                       "kernels for the machine it runs on: use target x86)")
+    scheme = scheme_for(spec)
+    session = None
+    if scheme == "vnni":
+        why = vnni_reason()
+        if why:
+            raise AgdError(why)
+        if spec.rpc is not None or spec.cross_compiler is not None:
+            raise AgdError(f"int8: target {spec.name} is not this x86 CPU (the x86 int8 path builds AVX512-VNNI "
+                           "kernels for the machine it runs on: use target x86)")
+    else:
+        if trials > 0:
+            raise AgdError(f"int8 on target {spec.name}: no MetaSchedule tuning for the aarch64 sdot kernels "
+                           "(they use a fixed schedule); use --trials 0")
+        spec = with_dotprod(spec)
+        if spec.rpc is not None:
+            from agd.tuning.measure import rpc_session
+
+            session = rpc_session(spec)
+        elif spec.cross_compiler is not None:
+            raise AgdError(f"int8 on target {spec.name}: built here for aarch64, it needs an aarch64 device to "
+                           "calibrate-check and time it; give it as rpc://HOST:PORT/KEY")
     if method not in ("minmax", "percentile"):
         raise AgdError(f"calibration method {method!r}: expected 'minmax' or 'percentile'")
     batches = [calibration] if isinstance(calibration, torch.Tensor) else list(calibration or [])
@@ -704,7 +812,7 @@ def compile_int8(model: nn.Module, example: torch.Tensor, calibration: list[torc
     ranges = calibrate(model, [b.float() for b in batches], method=method)
     say(f"int8: calibrated {len(ranges)} convolution inputs on {n_images} images ({method})")
     prog = to_relax_int8(model, example.float())
-    mod, convs = quantize_program(prog, ranges, schedule="vnni" if trials == 0 else None)
+    mod, convs = quantize_program(prog, ranges, schedule="vnni" if trials == 0 else None, scheme=scheme)
     n_q = sum(c.quantized for c in convs)
     say(f"int8: {n_q} of {len(convs)} convolutions int8")
     report = None
@@ -716,15 +824,15 @@ def compile_int8(model: nn.Module, example: torch.Tensor, calibration: list[torc
         report = tune_int8(mod, spec, database, TuneConfig(trials=trials, task_filter=tuple(rest)))
         say(f"int8: tuned in {report.seconds:.0f} s ({report.tasks} tasks, {report.tasks_unscheduled} without a schedule)")
     ex = build_int8(mod, spec, database if trials > 0 else None)
-    run = CompiledModel(ex, prog.params, spec)
+    run = CompiledModel(ex, prog.params, spec, session=session)
     floats = _describe_float(convs)
-    note = (f"{SCHEME}, {n_q} convs int8" + (f" ({floats} left fp32)" if floats else "")
+    note = (f"{SCHEME if scheme == 'vnni' else SDOT_SCHEME}, {n_q} convs int8" + (f" ({floats} left fp32)" if floats else "")
             + f", {method} calibration on {n_images} image{'s' if n_images != 1 else ''}, "
-            + (f"{trials} trials" if trials > 0 else "fixed VNNI schedule (untuned)"))
+            + (f"{trials} trials" if trials > 0 else f"fixed {scheme} schedule (untuned)"))
     if report is not None and report.tasks_unscheduled:
         note += f", {report.tasks_unscheduled} tasks without a tuned schedule"
     return Int8Build(ex, prog.params, run, convs, method, n_images, report, trials, prog.input_shape,
-                     prog.output_shape, note, time.perf_counter() - t0)
+                     prog.output_shape, note, time.perf_counter() - t0, scheme, spec)
 
 
 def kernel_profile(ex: Any, params: list[Any], x: np.ndarray, repeats: int = 3) -> list[tuple[str, int, float]]:
