@@ -31,9 +31,13 @@ PACKAGES = [
     "agd.metrics",
     "agd.cost",
     "agd.space",
+    "agd.arch",
     "agd.search",
+    "agd.bench",
+    "agd.ops",
     "agd.distill",
     "agd.commands",
+    "agd.jobs",
     "agd.kernels",
     "agd.tuning",
 ]

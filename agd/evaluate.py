@@ -9,45 +9,31 @@ for translation (``identity_*``). A student that does not beat it is not worth d
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from agd.cost import count
+from agd.data.images import write_image
+from agd.data.resize import imresize
 from agd.io import atomic_write_json, atomic_write_text
+from agd.metrics import compute_fid, load_inception, psnr, ssim
+from agd.timing import device_sync, wall_summary
 
 
 def latency_ms(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, *, warmup: int = 1,
                repeats: int = 7, max_seconds: float = 10.0) -> float:
-    """Median wall time of one forward pass (inference mode, synchronised on CUDA): ``warmup`` untimed
-    passes, then up to ``repeats`` timed ones, stopping early once ``max_seconds`` have been spent (at
-    least one timed pass), so a slow model on a slow device does not stall the command."""
+    """Median wall time of one forward pass of a random input of ``shape`` (inference mode, synchronised on
+    CUDA): ``warmup`` untimed passes, then up to ``repeats`` timed ones, stopping early once ``max_seconds``
+    have been spent (at least one timed pass), so a slow model on a slow device does not stall the command."""
     x = torch.rand(shape, device=device)
-
-    def once() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - t0) * 1e3
-
-    times: list[float] = []
     with torch.inference_mode():
-        spent = sum(once() for _ in range(warmup)) / 1e3
-        while len(times) < repeats and (not times or spent < max_seconds):
-            times.append(once())
-            spent += times[-1] / 1e3
-    return statistics.median(times)
+        return wall_summary(lambda: model(x), repeats, warmup, device_sync(device), max_seconds).median_ms
 
 
 def trivial_baseline(inp: torch.Tensor, task: str, scale: int) -> torch.Tensor:
     """What a user gets without any network: MATLAB-bicubic upscaling (SR) or the input itself."""
-    from agd.data.resize import imresize
-
     return imresize(inp, scale=scale).clamp(0, 1) if task == "sr" else inp
 
 
@@ -66,10 +52,6 @@ def _side_by_side(base: torch.Tensor, teacher: torch.Tensor, student: torch.Tens
 
 def evaluate_student(student, teacher, items, out_dir: Path, *, device, inception: str | Path | None = None,
                      latency_input: tuple[int, int] | None = None, write_images: bool = True) -> dict[str, Any]:
-    from agd.cost import count
-    from agd.data.images import write_image
-    from agd.metrics import psnr, ssim
-
     device = torch.device(device)
     out_dir = Path(out_dir)
     student = student.to(device).eval()
@@ -104,8 +86,6 @@ def evaluate_student(student, teacher, items, out_dir: Path, *, device, inceptio
               "macs": cost.macs, "params": cost.params, "input": list(in_shape),
               "latency_ms": latency_ms(student, in_shape, device)}
     if inception is not None:
-        from agd.metrics import compute_fid, load_inception
-
         model = load_inception(inception, device=device)
         result["fid_to_teacher"] = compute_fid(s_outs, t_outs, model, device=device)
         if items[0].gt is not None:

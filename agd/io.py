@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
+from safetensors.torch import load_file, save_file
 
 
 class AgdError(Exception):
@@ -97,7 +98,6 @@ def save_checkpoint(obj: Any, dest: str | os.PathLike) -> None:
     dest = Path(dest)
     with atomic_path(dest) as tmp:
         if dest.suffix == ".safetensors":
-            from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in obj.items()}, str(tmp))
         else:
@@ -115,7 +115,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise AgdError(f"checkpoint {path}: no such file")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device=str(map_location))

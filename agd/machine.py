@@ -9,6 +9,7 @@ run on one machine. Read from ``/proc/cpuinfo`` once per process; nothing runs a
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,6 @@ class Cpu:
 
 @functools.lru_cache(maxsize=1)
 def cpu() -> Cpu:
-    import os
-
     model, flags = "", frozenset()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

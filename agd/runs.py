@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from agd.io import AgdError, atomic_path, atomic_write_text
 
@@ -56,8 +57,6 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """One safetensors file: the tensors, and the rest of ``state`` as JSON metadata; atomic."""
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     structure = json.dumps(_flatten(state, tensors))
     with atomic_path(path) as tmp:
@@ -65,8 +64,6 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -143,3 +140,41 @@ class RunDir:
         if not self.metrics.is_file():
             return []
         return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class BudgetRecord:
+    """A search's budget as its ``config.yaml`` records it, and so what ``--resume`` continues with: a MACs
+    budget (``macs``), or a latency budget (``value`` ms on ``latency_table``'s ``target`` at ``size``, of its
+    ``precision`` and ``runtime``). Older run folders lack ``size``, ``precision`` and ``runtime`` (None)."""
+
+    kind: str  # "macs" or "latency"
+    value: float
+    latency_table: str | None = None
+    target: str | None = None
+    size: tuple[int, int] | None = None
+    deployment: Any = None
+    precision: str | None = None
+    runtime: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "value": self.value, "macs": self.value if self.kind == "macs" else None,
+                "latency_table": self.latency_table, "target": self.target,
+                "size": list(self.size) if self.size else None, "deployment": self.deployment,
+                "precision": self.precision, "runtime": self.runtime}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BudgetRecord":
+        macs = d["kind"] == "macs"
+        return cls(kind=d["kind"], value=d["macs"] if macs else d["value"],
+                   latency_table=None if macs else d["latency_table"], target=None if macs else d["target"],
+                   size=None if macs or not d.get("size") else tuple(d["size"]), deployment=d.get("deployment"),
+                   precision=None if macs else d.get("precision"), runtime=None if macs else d.get("runtime"))
+
+    def job_fields(self) -> dict[str, Any]:
+        """The budget fields of a search job that continues this run (the ratio is resolved into ``macs``)."""
+        if self.kind == "macs":
+            return {"ratio": None, "macs": self.value, "latency": None}
+        return {"ratio": None, "macs": None, "latency": self.value, "latency_table": Path(self.latency_table),
+                "target": self.target, "latency_size": self.size, "precision": self.precision,
+                "runtime": self.runtime}

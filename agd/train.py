@@ -7,7 +7,6 @@ pure function of (seed, step) and the RNG is checkpointed, so ``--resume`` conti
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
@@ -16,10 +15,12 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from agd.io import AgdError
+from agd.arch.student import Student, save_weights
+from agd.io import AgdError, atomic_write_text
+from agd.loop import CheckpointLoop, load_parts, parts_state
 from agd.runs import RunDir
 from agd.search import data as D
-from agd.student import Student, save_weights
+from agd.search.profile import step_lines, step_profile
 
 TRAIN_PHASE = 2
 
@@ -82,24 +83,26 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(cfg.steps, 1), eta_min=cfg.lr_final)
         self.step = 0
         self.progress = progress
-        self._good: dict[str, Any] | None = None
-        self.rollbacks = 0
+        self.loop = CheckpointLoop(self, run, "train")
+
+    def _parts(self) -> dict[str, Any]:
+        return {"student": self.student, "ema": self.ema, "opt": self.opt, "sched": self.sched}
 
     def state(self) -> dict[str, Any]:
-        return {"step": self.step, "student": self.student.state_dict(), "ema": self.ema.state_dict(),
-                "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "rng": torch.get_rng_state()}
+        return {"step": self.step, **parts_state(self._parts())}
 
     def load(self, s: dict[str, Any]) -> None:
         self.step = int(s["step"])
-        self.student.load_state_dict(s["student"])
-        self.ema.load_state_dict(s["ema"])
-        self.opt.load_state_dict(s["opt"])
-        self.sched.load_state_dict(s["sched"])
-        torch.set_rng_state(s["rng"])
+        load_parts(self._parts(), s)
 
-    def checkpoint(self) -> None:
-        self._good = copy.deepcopy(self.state())
-        self.run.save_state(self._good)
+    def rolled_back(self, failed: int, what: str) -> None:
+        """After :class:`agd.loop.CheckpointLoop` restored the last checkpoint: halve the learning rate."""
+        for g in self.opt.param_groups:
+            g["lr"] *= 0.5
+        self.sched.base_lrs = [lr * 0.5 for lr in self.sched.base_lrs]
+        if self.progress:
+            self.progress({"event": f"{what} at step {failed}: rolled back to step {self.step} and halved the "
+                                    "learning rate"})
 
     def _batch(self, step: int) -> dict[str, torch.Tensor | None]:
         b = D.batch(self.items, size=self.cfg.batch, patch=self.patch, scale=self.student.scale,
@@ -107,7 +110,8 @@ class Trainer:
         return {k: (v.to(self.device).contiguous(memory_format=self.memory_format) if v is not None else None)
                 for k, v in b.items()}
 
-    def train_step(self) -> dict[str, float]:
+    def take_step(self) -> dict[str, float]:
+        """Training step ``self.step`` (:class:`agd.loop.Steps`): forward, loss, backward, Adam, EMA."""
         b = self._batch(self.step)
         t0 = time.perf_counter()
         out = self.student(b["inp"])
@@ -135,44 +139,18 @@ class Trainer:
     def profile(self) -> dict:
         """The once-per-run step profile (:func:`agd.search.profile.step_profile`): the student's forward
         FLOPs and each loss term's milliseconds; RNG and weights untouched."""
-        from agd.search.profile import step_profile
-
         b = self._batch(0)
         return step_profile([lambda: self.student(b["inp"])], self.loss_fn, b, 1)
 
+    def after_step(self, rec: dict[str, Any]) -> None:
+        if self.progress:
+            self.progress(rec)
+
     def run_loop(self, resume: bool = False) -> nn.Module:
-        if resume:
-            self.load(self.run.load_state())
-            self.run.truncate_log(self.step)
-        self.checkpoint()
-        while self.step < self.cfg.steps:
-            rec = self.train_step()
-            if rec.get("nonfinite"):
-                if self._good is None or self.rollbacks >= 3:
-                    raise AgdError(f"train: non-finite loss at step {self.step}; rolling back did not help")
-                failed = self.step
-                self.load(copy.deepcopy(self._good))
-                self.rollbacks += 1
-                for g in self.opt.param_groups:
-                    g["lr"] *= 0.5
-                self.sched.base_lrs = [lr * 0.5 for lr in self.sched.base_lrs]
-                if self.progress:
-                    self.progress({"event": f"non-finite loss at step {failed}: rolled back to step {self.step} "
-                                            "and halved the learning rate"})
-                continue
-            rec = {"step": self.step, **rec}
-            self.run.log(rec)
-            self.step += 1
-            if self.progress:
-                self.progress(rec)
-            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
-                self.checkpoint()
+        self.loop.run_to(self.cfg.steps, self.cfg.checkpoint_every, resume)
         return self.ema.module
 
     def save(self) -> None:
-        from agd.io import atomic_write_text
-        from agd.search.engine import step_lines
-
         save_weights(self.ema.module.net, self.run.path / "student.safetensors",
                      {"genotype": self.student.genotype.to_json(), "steps": str(self.step)})
         self.student.genotype.save(self.run.path / "genotype.json")

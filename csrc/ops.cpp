@@ -1,6 +1,6 @@
 // agd._C: registration glue of the C++ CPU operator library.
 //
-// Scheme: Python (agd/ops.py) defines every op schema, its fake implementation and its PyTorch
+// Scheme: Python (agd/ops/, one module per op family) defines every op schema, its fake implementation and its PyTorch
 // reference (CompositeExplicitAutograd); this library adds CPU kernels with TORCH_LIBRARY_IMPL
 // (see csrc/cpu/*.cpp) and defines two ops of its own: agd::build_info, which says how it was built,
 // and agd::block_gemm_backend, the GEMM the block kernels run.

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from agd.backends import BackendStatus, package_version
+from agd.status import BackendStatus, package_version
 
 # Triton's interpreter crashes on loops over runtime integers with numpy 2.x before 3.7.1.
 MIN_INTERPRETER_VERSION = (3, 7, 1)

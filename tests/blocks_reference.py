@@ -13,13 +13,11 @@ def gen(seed: int) -> torch.Generator:
 
 def epilogue_reference(y, s, w, b, norm, act, slope=0.2, eps=1e-5):
     """act(IN(y) * w + b + s) with F.instance_norm; act codes 0 none, 1 relu, 2 leaky relu, 3 tanh."""
-    z = F.instance_norm(y, eps=eps) if norm else y
-    if w is not None:
-        z = z * w.reshape(1, -1, 1, 1)
-    if b is not None:
-        z = z + b.reshape(1, -1, 1, 1)
-    if s is not None:
-        z = z + s
+    def per_channel(t, neutral):
+        return neutral if t is None else t.reshape(1, -1, 1, 1)
+
+    z = (F.instance_norm(y, eps=eps) if norm else y) * per_channel(w, 1.0) + per_channel(b, 0.0)
+    z = z if s is None else z + s
     return {0: lambda t: t, 1: torch.relu, 2: lambda t: F.leaky_relu(t, slope), 3: torch.tanh}[act](z)
 
 

@@ -8,6 +8,14 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without CUDA the Triton kernels run in Triton's interpreter (tests/test_kernels.py). TRITON_INTERPRET=1 must be
+# set before triton.language is first imported (its own helpers are decorated then; torch's flop counter imports
+# it), so it is set here, before any test module is imported. Nothing else changes: CPU tensors never take the
+# Triton path unless a test asks for it (agd.ops.mixed_epilogue_backend gives "eager" for them).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -31,7 +39,7 @@ def _free_port() -> int:
 def arm64_rpc():
     """(rpc://HOST:PORT/KEY, emulated) of an aarch64 TVM RPC device: AGD_TEST_ARM64_RPC (a real device's
     tracker), else an emulated one started here: a tracker in this process and an aarch64 Python RPC
-    server under qemu-aarch64 from AGD_ARM64_SYSROOT or .cache/arm64-emu (`python -m agd.tuning.emulate
+    server under qemu-aarch64 from AGD_ARM64_SYSROOT or .cache/arm64-emu (`python3 tools/arm64_emulator.py
     setup DIR` provisions it; .ci/run does). Skips when neither is available."""
     url = os.environ.get("AGD_TEST_ARM64_RPC")
     if url:
@@ -40,7 +48,8 @@ def arm64_rpc():
     pytest.importorskip("tvm")
     from tvm.rpc.tracker import Tracker
 
-    from agd.tuning.emulate import DEFAULT_DIR, start_rpc_server, unavailable_reason
+    from agd.tuning.emulate import DEFAULT_DIR, unavailable_reason
+    from agd.tuning.emulate_server import start_rpc_server
 
     if shutil.which("aarch64-linux-gnu-g++") is None:
         pytest.skip("aarch64-linux-gnu-g++ absent (apt-get install g++-aarch64-linux-gnu; .ci/run installs it)")

@@ -5,20 +5,21 @@ import random
 
 import pytest
 import torch
+from cli_helpers import random_images as _images
+from cli_helpers import run_cli
 
-from agd.commands.apply import apply_student, load_applicable_student
+from agd.arch import Genotype, random_genotype
+from agd.arch.student import Student, save_weights
 from agd.data.images import read_image, to_uint8, write_image
-from agd.space import Genotype, SearchSpace, get_config
-from agd.student import Student, save_weights
-from cli_helpers import random_images as _images, run_cli
-
+from agd.jobs.apply import apply_student, load_applicable_student
+from agd.space import SearchSpace, get_config
 
 _run = run_cli
 
 
 def _student(tmp_path, space: str, seed: int = 0):
     """A tiny random student saved as genotype + weights (the weights as agd train writes them)."""
-    g = SearchSpace(get_config(space)).random_genotype(random.Random(seed))
+    g = random_genotype(SearchSpace(get_config(space)), random.Random(seed))
     torch.manual_seed(seed + 1)
     s = Student(g)
     gp = g.save(tmp_path / f"{space}-{seed}.json")

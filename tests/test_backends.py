@@ -1,12 +1,18 @@
 import json
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
+from agd import ops
+from agd.arch.fast import available_backends, convert
 from agd.backends import all_backends, versions
 from agd.io import AgdError
 from agd.kernels import triton_status
+from agd.ops import CUDA_NOT_BUILT_REASON, NOT_BUILT_REASON, NativeLibrary, library
+from agd.status import BackendStatus
 from agd.tuning import TARGETS, resolve_target, target_status
 
 
@@ -74,3 +80,60 @@ def test_cli_user_error_is_one_line_and_nonzero(tmp_path):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("agd: error:") and "no-such-teacher" in lines[0]
+
+
+def _swap_libraries(monkeypatch, tmp_path, how: str) -> None:
+    """Point both compiled libraries at ``tmp_path``: missing files, or files that are no libraries."""
+    monkeypatch.delenv("AGD_DISABLE_CPP", raising=False)
+    if how == "disabled":
+        monkeypatch.setenv("AGD_DISABLE_CPP", "1")
+        return
+    for attr, real in (("CPU_LIBRARY", library.CPU_LIBRARY), ("CUDA_LIBRARY", library.CUDA_LIBRARY)):
+        path = tmp_path / f"{real.stem}.so"
+        if how == "broken":
+            path.write_bytes(b"not a shared library")
+        monkeypatch.setattr(library, attr, NativeLibrary(path, stem=real.stem, backend=real.backend,
+                                                         device_type=real.device_type,
+                                                         dispatch_key=real.dispatch_key, not_built=real.not_built))
+
+
+@pytest.mark.parametrize("how", ["disabled", "missing", "broken"])
+def test_info_and_dispatch_agree_without_the_libraries(monkeypatch, tmp_path, how):
+    """``agd info``'s C++ and CUDA ops lines and the ops' dispatch read one loader: when the libraries are
+    disabled, not built or unloadable, both say "unavailable" with the same reason."""
+    _swap_libraries(monkeypatch, tmp_path, how)
+    info = {b.name: b for b in all_backends()}
+    cpu, cuda = info["C++ CPU ops"], info["CUDA ops"]
+    expect_cpu = {"disabled": "disabled by AGD_DISABLE_CPP=1", "missing": NOT_BUILT_REASON,
+                  "broken": f"failed to load {tmp_path / '_C.so'}: "}[how]
+    assert not cpu.available and cpu.reason.startswith(expect_cpu)
+    if how == "disabled":
+        expect_cuda = "disabled by AGD_DISABLE_CPP=1"
+    elif torch.version.cuda is None:
+        expect_cuda = f"torch {torch.__version__} is a CPU-only build"
+    else:
+        expect_cuda = {"missing": CUDA_NOT_BUILT_REASON, "broken": f"failed to load {tmp_path / '_C_cuda.so'}: "}[how]
+    assert not cuda.available and cuda.reason.startswith(expect_cuda)
+    assert ops.blocks_backend("cpu") == ("reference", cpu.reason)
+    assert ops.blocks_backend("cuda") == ("reference", cuda.reason)
+    assert ops.resample_backend(torch.ones(2, 3)) == "reference"
+    assert ops.cpp_status() == (False, cpu.reason)
+    assert available_backends() == {"cpp": cpu.reason, "cuda": cuda.reason, "reference": ""}
+    with pytest.raises(AgdError, match="unavailable: " + re.escape(cpu.reason)):
+        convert(torch.nn.Identity(), "cpp")
+
+
+def test_info_and_dispatch_agree_with_the_cpu_library():
+    """Where agd/_C*.so loads, info says available, lists its kernels, and dispatch picks it."""
+    s = next(b for b in all_backends() if b.name == "C++ CPU ops")
+    if not s.available:
+        pytest.skip(f"C++ ops unavailable: {s.reason}")
+    assert ops.blocks_backend("cpu") == ("cpp", "") and ops.resample_backend(torch.ones(2, 3)) == "cpp"
+    assert s.reason.startswith("agd/_C") and "threads" in s.reason
+    assert {"resample", "dwconv3x3", "norm_act_residual", "dws_block"} <= set(s.details["kernels"].split(", "))
+    assert available_backends()["cpp"] == ""
+
+
+def test_backend_status_of_reasons():
+    assert BackendStatus.of("x", [], "runs") == BackendStatus("x", True, "runs")
+    assert BackendStatus.of("x", ["a", "b"], "runs", {"k": "v"}) == BackendStatus("x", False, "a; b", {"k": "v"})

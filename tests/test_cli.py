@@ -7,12 +7,12 @@ import sys
 
 import pytest
 import torch
+from cli_helpers import random_images as _images
 
 from agd.cli import main
 from agd.data.images import read_image
 from agd.io import save_checkpoint
 from agd.teachers import ResnetGenerator, RRDBNet, list_teachers
-from cli_helpers import random_images as _images
 
 
 def _run(capsys, *args) -> tuple[int, str, str]:
@@ -120,3 +120,20 @@ def test_demo_with_real_teachers(tmp_path):
         assert row["sr_psnr_y"] > row["bicubic_psnr_y"] - 4
         assert row["translation_mean_abs_change"] > 0.02
     assert {t["name"] for t in s["teachers"]} == {"realesrgan-x4plus", "vintage"}
+
+
+def test_task_defaults_is_one_consistent_table():
+    """The per-task defaults (agd.space.config.TASK_DEFAULTS) name spaces of their own task and scale and
+    teachers of their own task; the task names resolve to a task's first row, and the search's default
+    space for an SR scale is its row's."""
+    from agd.space import PRESETS, TASK_DEFAULTS, get_config, sr_space_for_scale, task_default
+    from agd.teachers import get_teacher_info
+
+    for d in TASK_DEFAULTS:
+        cfg = PRESETS[d.space]
+        assert (cfg.kind, cfg.scale) == (d.task, d.scale), d
+        assert get_teacher_info(d.teacher).task == d.task, d
+        if d.task == "sr":
+            assert sr_space_for_scale(d.scale) == d.space
+    assert get_config("sr") == PRESETS["sr-x4"] == PRESETS[task_default("sr").space]
+    assert get_config("translation") == PRESETS[task_default("translation").space]

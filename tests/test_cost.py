@@ -3,6 +3,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from agd.arch import random_genotype
 from agd.cost import count, count_macs, count_params, format_macs
 from agd.io import AgdError
 
@@ -113,14 +114,15 @@ def test_sr_students_count_exactly_what_their_space_tables_say(name, scale):
     nearest-x3 upsampling and the bicubic input skip count nothing)."""
     import random
 
-    from agd.space import SearchSpace, derive, get_config
+    from agd.arch import derive
+    from agd.space import SearchSpace, get_config
 
     space = SearchSpace(get_config(name, scale=scale))
     hw = (10, 13)
     tables = space.macs_tables(hw)
     rng = random.Random(11)
     for k in range(3):
-        g = space.random_genotype(rng)
+        g = random_genotype(space, rng)
         net = derive(g).eval()
         c = count(net, (1, 3, *hw))
         per_layer: dict[int, int] = {}

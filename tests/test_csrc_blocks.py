@@ -1,4 +1,4 @@
-"""agd's block ops (dwconv3x3, norm_act_residual, dws_block) and agd.space.fast.convert.
+"""agd's block ops (dwconv3x3, norm_act_residual, dws_block) and agd.arch.fast.convert.
 
 Compiled kernels are compared with float64 references computed by plain torch ops (F.conv2d,
 F.instance_norm, autograd); the C++ tests skip with the reason when agd/_C is not built, the CUDA
@@ -12,14 +12,17 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from blocks_reference import dws_args as _dws_args
+from blocks_reference import epilogue_reference as _epilogue64
+from blocks_reference import gen as _gen
 
 from agd import ops
+from agd.arch import Genotype, derive, max_genotype, random_genotype
+from agd.arch import fast as fast_mod
+from agd.arch.fast import available_backends, convert, converted_blocks
 from agd.io import AgdError
-from agd.space import Genotype, SearchSpace, derive, get_config
+from agd.space import SearchSpace, get_config
 from agd.space.blocks import DwsBlock, Style
-from agd.space import fast as fast_mod
-from agd.space.fast import available_backends, convert, converted_blocks
-from blocks_reference import dws_args as _dws_args, epilogue_reference as _epilogue64, gen as _gen
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +30,14 @@ def cpp() -> None:
     backend, why = ops.blocks_backend("cpu")
     if backend != "cpp":
         pytest.skip(f"C++ ops unavailable: {why}")
+
+
+def _op(request, impl: str, compiled, reference):
+    """The op a test checks: the C++ kernel (skipped with the reason when agd/_C is not built) or its reference."""
+    if impl == "cpp":
+        request.getfixturevalue("cpp")
+        return compiled
+    return reference
 
 
 def cuda_dev() -> torch.device:
@@ -80,9 +91,7 @@ def test_dwconv_float32_matches_float64(cpp, channels_last):
 
 @pytest.mark.parametrize("impl", ["reference", "cpp"])
 def test_dwconv_gradcheck(request, impl):
-    if impl == "cpp":
-        request.getfixturevalue("cpp")
-    f = torch.ops.agd.dwconv3x3 if impl == "cpp" else ops.dwconv3x3_reference
+    f = _op(request, impl, torch.ops.agd.dwconv3x3, ops.dwconv3x3_reference)
     x = torch.randn(1, 3, 5, 6, dtype=torch.float64, generator=_gen(6), requires_grad=True)
     wt = torch.randn(3, 1, 3, 3, dtype=torch.float64, generator=_gen(7), requires_grad=True)
     for s, d in ((1, 1), (2, 2)):
@@ -145,9 +154,7 @@ def test_epilogue_float32_and_channels_last(cpp, shape):
 
 @pytest.mark.parametrize("impl", ["reference", "cpp"])
 def test_epilogue_gradcheck(request, impl):
-    if impl == "cpp":
-        request.getfixturevalue("cpp")
-    f = torch.ops.agd.norm_act_residual if impl == "cpp" else ops.norm_act_residual_reference
+    f = _op(request, impl, torch.ops.agd.norm_act_residual, ops.norm_act_residual_reference)
     y = torch.randn(1, 2, 3, 4, dtype=torch.float64, generator=_gen(15), requires_grad=True)
     s = torch.randn(1, 2, 3, 4, dtype=torch.float64, generator=_gen(16), requires_grad=True)
     w = torch.randn(2, dtype=torch.float64, generator=_gen(17), requires_grad=True)
@@ -198,12 +205,14 @@ def test_epilogue_opcheck_both_layouts(cpp):
 
 
 # ----------------------------------------------------------------------------- dws_block
-@pytest.mark.parametrize("norm,reflect,act", [(True, True, 1), (True, False, 2), (False, False, 2), (False, True, 1)])
+# (norm, reflect, act, affine); affine parameters belong to norms, so affine comes with norm only
+DWS_STYLES = [(n, r, a, aff) for n, r, a in ((True, True, 1), (True, False, 2), (False, False, 2), (False, True, 1))
+              for aff in (False, True) if n or not aff]
+
+
+@pytest.mark.parametrize("norm,reflect,act,affine", DWS_STYLES)
 @pytest.mark.parametrize("cin,cout,h,w", [(5, 5, 13, 7), (6, 9, 4, 11), (3, 3, 2, 2), (7, 4, 23, 5)])
-@pytest.mark.parametrize("affine", [False, True])
 def test_dws_block_cpp(cpp, norm, reflect, act, cin, cout, h, w, affine):
-    if affine and not norm:
-        pytest.skip("affine parameters belong to norms")
     we, wd, wp, ws, aff = _dws_args(cin, cout, 3 * cin, 20 + cin, affine)
     x = torch.randn(2, cin, h, w, generator=_gen(21)) * 2 + 0.5
     out = torch.ops.agd.dws_block(x, we, wd, wp, ws, aff, norm, act, 0.2, reflect, 1e-5)
@@ -226,16 +235,31 @@ def test_dws_block_channels_last_input(cpp):
     torch.testing.assert_close(a, b)
 
 
-def test_dws_block_matches_module_and_falls_back_for_grad(cpp):
-    blk = DwsBlock(6, 6, Style("instance", False, "relu", "reflect", False)).eval()
-    x = torch.randn(1, 6, 8, 8, generator=_gen(32))
-    args = (x, blk.expand.conv.weight, blk.depthwise.conv.weight, blk.project.conv.weight, None)
+@pytest.mark.parametrize("cin,cout,norm,act,reflect", [(6, 6, True, "relu", True), (6, 9, True, "lrelu", False),
+                                                      (5, 5, False, "lrelu", False), (7, 4, True, "relu", False),
+                                                      (3, 3, False, "relu", True)])
+def test_dws_block_matches_module_and_falls_back_for_grad(cpp, cin, cout, norm, act, reflect):
+    """The fused block equals the DwsBlock module (float32); when a gradient is wanted it falls back to its
+    differentiable reference, whose gradients equal torch.autograd of the module in float64."""
+    style = Style("instance" if norm else "none", False, act, "reflect" if reflect else "zeros", False)
+    blk = DwsBlock(cin, cout, style).eval()
+
+    def args(m, x):
+        ws = m.shortcut.proj.conv.weight if m.shortcut.proj is not None else None
+        return x, m.expand.conv.weight, m.depthwise.conv.weight, m.project.conv.weight, ws
+
+    x = torch.randn(2, cin, 8, 7, generator=_gen(32))
     with torch.no_grad():
-        torch.testing.assert_close(ops.dws_block(*args, norm=True, act="relu", reflect=True), blk(x),
+        torch.testing.assert_close(ops.dws_block(*args(blk, x), norm=norm, act=act, reflect=reflect), blk(x),
                                    rtol=1e-5, atol=1e-5)
-    out = ops.dws_block(*args, norm=True, act="relu", reflect=True)  # weights require grad: reference
-    out.sum().backward()
-    assert blk.expand.conv.weight.grad is not None
+    blk64 = blk.double()
+    x64 = x.double().requires_grad_(True)
+    leaves = [t for t in args(blk64, x64) if t is not None]
+    g = torch.randn(2, cout, 8, 7, dtype=torch.float64, generator=_gen(33))
+    got = torch.autograd.grad(ops.dws_block(*args(blk64, x64), norm=norm, act=act, reflect=reflect), leaves, g)
+    want = torch.autograd.grad(blk64(x64), leaves, g)
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m: f"gradient {i}: {m}")
 
 
 def test_dws_block_fake():
@@ -287,9 +311,23 @@ def test_conv_narrow_channels_last_opcheck_and_errors(cpp):
         torch.ops.agd.conv_narrow(torch.randn(1, 4, 3, 9), torch.randn(3, 4, 7, 7), None, True, 0, 0.2)
     with pytest.raises(ValueError, match="activation"):
         ops.conv_narrow(x, wt, act="gelu")
-    wg = wt.clone().requires_grad_()  # a gradient is wanted: the differentiable reference runs
-    ops.conv_narrow(x, wg, None, act="relu").sum().backward()
-    assert wg.grad is not None
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "lrelu", "tanh"])
+def test_conv_narrow_gradient_equals_autograd_of_plain_conv(act):
+    """With a gradient wanted the differentiable path runs; its gradients (input, weight, bias) equal
+    torch.autograd of F.pad + F.conv2d + the activation in float64."""
+    g = _gen(61)
+    x = torch.randn(2, 4, 7, 9, dtype=torch.float64, generator=g, requires_grad=True)
+    wt = torch.randn(3, 4, 5, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
+    out = ops.conv_narrow(x, wt, b, reflect=True, act=act)
+    fn = {"none": lambda t: t, "relu": torch.relu, "lrelu": lambda t: F.leaky_relu(t, 0.2), "tanh": torch.tanh}[act]
+    ref = fn(F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), wt, b))
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    cot = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    for i, (a, e) in enumerate(zip(torch.autograd.grad(out, (x, wt, b), cot), torch.autograd.grad(ref, (x, wt, b), cot))):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=lambda m: f"gradient {i}: {m}")
 
 
 # ----------------------------------------------------------------------------- convert
@@ -297,13 +335,13 @@ def _nets():
     out = []
     for task, seed in (("translation-tiny", 0), ("translation-tiny", 3), ("sr-tiny", 0), ("sr-tiny", 5)):
         space = SearchSpace(get_config(task))
-        out.append((task, derive(space.random_genotype(random.Random(seed))), space.config.reference_size))
+        out.append((task, derive(random_genotype(space, random.Random(seed))), space.config.reference_size))
     for task in ("translation-tiny", "sr-tiny"):
         space = SearchSpace(get_config(task))
         for op in ("dwsblock", "resblock"):
-            out.append((f"{task}-{op}", derive(space.max_genotype(op)), space.config.reference_size))
+            out.append((f"{task}-{op}", derive(max_genotype(space, op)), space.config.reference_size))
     x3 = SearchSpace(get_config("sr-tiny", scale=3))  # one nearest-x3 upsampling round
-    out.append(("sr-tiny-x3", derive(x3.random_genotype(random.Random(2))), x3.config.reference_size))
+    out.append(("sr-tiny-x3", derive(random_genotype(x3, random.Random(2))), x3.config.reference_size))
     return out
 
 
@@ -339,7 +377,7 @@ def test_convert_translation_full_size_against_float64(cpp, layout):
     if layout is None and fast_mod.onednn_reason():
         pytest.skip(f"oneDNN fused convolutions do not run here: {fast_mod.onednn_reason()}")
     torch.manual_seed(0)
-    net = derive(SearchSpace(get_config("translation")).random_genotype(random.Random(1))).eval()
+    net = derive(random_genotype(SearchSpace(get_config("translation")), random.Random(1))).eval()
     x = torch.rand(1, 3, 256, 256, generator=_gen(43))
     fast = convert(net, "cpp", channels_last=layout)
     with torch.no_grad():
@@ -364,7 +402,7 @@ def test_convert_channels_last_output_is_plain_nchw(cpp):
     if fast_mod.onednn_reason():
         pytest.skip(f"oneDNN fused convolutions do not run here: {fast_mod.onednn_reason()}")
     space = SearchSpace(get_config("sr-tiny"))
-    net = derive(space.random_genotype(random.Random(2))).eval()
+    net = derive(random_genotype(space, random.Random(2))).eval()
     fast = convert(net, "cpp")
     x = torch.rand(1, 3, 9, 7, generator=_gen(42))
     with torch.no_grad():
@@ -390,7 +428,7 @@ def test_convert_examples_full_size_blocks(cpp):
 
 def test_convert_errors_and_backends():
     with pytest.raises(AgdError, match="channels_last needs the cpp backend"):
-        convert(derive(SearchSpace(get_config("sr-tiny")).random_genotype(random.Random(0))), "reference",
+        convert(derive(random_genotype(SearchSpace(get_config("sr-tiny")), random.Random(0))), "reference",
                 channels_last=True)
     b = available_backends()
     assert set(b) == {"cpp", "cuda", "reference"} and b["reference"] == ""

@@ -19,12 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from blocks_reference import dws_args as _dws_args
+from blocks_reference import epilogue_reference as _epilogue
+from blocks_reference import gen as _gen
 
 from agd import ops
-from agd.backends import exact_float32
-from agd.space import Genotype, SearchSpace, derive, get_config
-from agd.space.fast import convert, converted_blocks
-from blocks_reference import dws_args as _dws_args, epilogue_reference as _epilogue, gen as _gen
+from agd.arch import Genotype, derive, max_genotype, random_genotype
+from agd.arch.fast import convert, converted_blocks
+from agd.numerics import exact_float32
+from agd.space import SearchSpace, get_config
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -206,9 +209,9 @@ def _example_nets():
     for task, size in (("translation", 256), ("sr", 64)):
         space = SearchSpace(get_config(task))
         for seed in (1, 2):
-            out.append((f"random {task} {seed}", derive(space.random_genotype(random.Random(seed))), size))
+            out.append((f"random {task} {seed}", derive(random_genotype(space, random.Random(seed))), size))
         for op in ("dwsblock", "resblock"):
-            out.append((f"{task} all-{op}", derive(space.max_genotype(op)), size))
+            out.append((f"{task} all-{op}", derive(max_genotype(space, op)), size))
     return out
 
 

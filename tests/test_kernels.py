@@ -1,34 +1,27 @@
 """The fused mixed-layer epilogue (agd.ops.mixed_epilogue, agd.kernels.mixed_epilogue).
 
-On CPU the Triton kernels run in Triton's interpreter: TRITON_INTERPRET=1 is set below before the kernel
-module is imported (it is read when a kernel is decorated). Shapes are small and odd; a patched block size
-makes the kernels loop over several blocks per plane. On a GPU the same tests run the compiled kernels.
-Every result is compared with the plain PyTorch reference computed in float64.
+On CPU the Triton kernels run in Triton's interpreter: tests/conftest.py sets TRITON_INTERPRET=1 on a
+machine without CUDA before any test module imports triton (it is read when a kernel is decorated, and when
+triton.language's own helpers are, at its first import). Shapes are small and odd; a patched block size makes
+the kernels loop over several blocks per plane. On a GPU the same tests run the compiled kernels. Every
+result is compared with the plain PyTorch reference computed in float64.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-# triton.language's own @jit helpers (tl.sum, tl.maximum, ...) are decorated when triton.language is first
-# imported: if an earlier test imported it (torch's flop counter does) without TRITON_INTERPRET=1, the
-# interpreter fails inside them. Then this file reruns itself in a fresh process (one test below).
-# On a GPU the same tests run the compiled kernels.
 ON_GPU = torch.cuda.is_available()
-PRELOADED = not ON_GPU and "triton.language" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-if not ON_GPU:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before agd.kernels.mixed_epilogue decorates its kernels
 triton = pytest.importorskip("triton")
 
 from agd import ops  # noqa: E402
+from agd.arch import macs_extremes  # noqa: E402
 from agd.io import AgdError  # noqa: E402
-from agd.kernels.status import MIN_INTERPRETER_VERSION, _parse  # noqa: E402
+from agd.kernels.status import MIN_INTERPRETER_VERSION, _parse, triton_status  # noqa: E402
 from agd.ops import EpilogueCandidate as Cand  # noqa: E402
 
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -37,24 +30,20 @@ if DEVICE == "cpu" and _parse(triton.__version__) < MIN_INTERPRETER_VERSION:
 
 from agd.kernels import mixed_epilogue as kmod  # noqa: E402
 
-if DEVICE == "cpu" and not kmod.interpreted():
-    pytest.skip("agd.kernels.mixed_epilogue was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
-
 SHAPE = (2, 5, 7, 9) if DEVICE == "cpu" else (4, 64, 61, 67)
 
 
-@pytest.fixture(autouse=True)
-def _not_in_a_preloaded_process(request):
-    if PRELOADED and request.node.originalname != "test_in_a_fresh_process":
-        pytest.skip("triton.language was imported before TRITON_INTERPRET=1: covered by test_in_a_fresh_process")
-
-
-@pytest.mark.skipif(not PRELOADED, reason="this process runs the kernel tests directly")
-def test_in_a_fresh_process():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], env=env,
-                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+def test_the_kernels_run_here():
+    """The kernels this file tests are the ones that run: compiled on a GPU; on a CPU interpreted, because
+    tests/conftest.py set TRITON_INTERPRET=1 before triton was first imported (else every kernel call below
+    would raise, not skip)."""
+    st = triton_status(DEVICE)
+    assert st.available, st.reason
+    if DEVICE == "cpu":
+        assert os.environ.get("TRITON_INTERPRET") == "1" and kmod.interpreted()
+        assert "interpreter on CPU" in st.reason
+    # CPU tensors still take the eager reference by default: the interpreter is for these tests only
+    assert ops.mixed_epilogue_backend("cpu") == "eager"
 
 
 @pytest.fixture
@@ -258,7 +247,8 @@ def test_block_epilogue_parts_reproduce_forward():
 
 def _search_steps(preset: str, backend: str, steps: int = 1) -> tuple[list[torch.Tensor], str]:
     """A few alternating weight and arch steps (Adam) on a supernet, distilling toward a fixed target."""
-    from agd.space import SearchSpace, Supernet, get_config
+    from agd.search.supernet import Supernet
+    from agd.space import SearchSpace, get_config
 
     torch.manual_seed(0)
     sn = Supernet(SearchSpace(get_config(preset))).to(DEVICE)
@@ -287,7 +277,7 @@ def _search_steps(preset: str, backend: str, steps: int = 1) -> tuple[list[torch
 def no_tf32():
     """Plain float32 convolutions on a GPU: cuDNN's default TF32 rounds conv inputs to 10 mantissa bits, which
     turns the epilogues' last-bit differences into 1e-3 ones (seen: alpha 4.4e-4 apart on an H200)."""
-    from agd.backends import exact_float32
+    from agd.numerics import exact_float32
 
     with exact_float32():
         yield
@@ -343,7 +333,7 @@ def _engine_search(tmp_path: Path, backend: str):
     cfg = get_search_config("tiny", space="sr-tiny", pretrain_steps=1, search_steps=3, batch=1, eval_every=3)
     items = D.prepare(D.load_images(img_dir), teacher, cache_dir=tmp_path / "cache", max_side=None, device="cpu")
     space = SearchSpace(get_config("sr-tiny"))
-    (mn, _), (mx, _) = space.macs_extremes()
+    (mn, _), (mx, _) = macs_extremes(space)
     search = Search(cfg, teacher, items, macs_budget(space, macs=(mn + mx) / 2),
                     lambda s, t, gt=None: ((s - t).abs().mean(), {}), RunDir.open(tmp_path / backend, resume=False),
                     device=DEVICE)

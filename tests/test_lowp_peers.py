@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from agd.space import Genotype
+from agd.arch import Genotype
+from agd.machine import precision_reason
 from agd.tuning import lowp_peers as lp
 from agd.tuning.artifact import load_generator
 
@@ -31,6 +32,10 @@ FLOORS = {
     "translation": {"bf16": 35.0, "pt2e": 28.0, "ort": 21.0},
     "sr": {"bf16": 78.0, "pt2e": 65.0, "ort": 61.0},
 }
+# Without an int8 dot-product instruction (VNNI, AMX) oneDNN and ONNX Runtime multiply u8 x s8 with
+# vpmaddubsw, whose int16 pair sums saturate: the int8 peers lose accuracy. Measured on a 2-core AMD EPYC
+# with AVX2 and no AVX-512 (2026-12-04): translation PT2E 18.6, ORT 18.1; SR PT2E 53.8, ORT 53.1.
+INT8_FLOORS_WITHOUT_VNNI = {"translation": {"pt2e": 16.0, "ort": 16.0}, "sr": {"pt2e": 50.0, "ort": 50.0}}
 CASES = {"translation": ("translation_r9_small.json", 64), "sr": ("sr_x4_small.json", 32)}
 
 
@@ -70,6 +75,8 @@ def _check(case, f, note: str, kind: str) -> float:
     assert isinstance(note, str) and note
     psnr = lp.psnr_to(case["ref"], y.numpy())
     floor = FLOORS[case["name"]][kind]
+    if kind in ("pt2e", "ort") and precision_reason("int8") is not None:
+        floor = INT8_FLOORS_WITHOUT_VNNI[case["name"]][kind]
     assert psnr >= floor, f"{case['name']} {kind}: PSNR {psnr:.2f} dB < floor {floor} dB ({note})"
     for k, v in case["model"].state_dict().items():  # the caller's model is left as it was
         assert torch.equal(v, before[k]), k
@@ -88,10 +95,11 @@ def test_psnr_to():
 
 
 # ------------------------------------------------------------------------------------------ peers
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+# the compiled bf16 path is checked on the translation example only (its compile is the slow part)
+@pytest.mark.parametrize("case,compiled", [("translation", False), ("translation", True), ("sr", False)],
+                         ids=["translation-eager", "translation-compiled", "sr-eager"], indirect=["case"],
+                         scope="module")
 def test_torch_bf16(case, compiled):
-    if compiled and case["name"] == "sr":
-        pytest.skip("the compiled bf16 path is checked on the translation example (keeps this file fast)")
     f, note = lp.torch_bf16(case["model"], case["x"], compiled=compiled)
     _check(case, f, note, "bf16")
     assert "bf16" in note and ("torch.compile" in note) == compiled
@@ -139,20 +147,16 @@ def test_calibration_of_another_shape_raises(tiny):
         lp.ort_int8(model, x, [torch.zeros(1, 3, 8, 8)])
 
 
-def test_missing_torchao_is_named(tiny, monkeypatch):
+@pytest.mark.parametrize("module,builder,message", [
+    ("torchao", "pt2e_int8", "needs torchao"),
+    ("onnxruntime", "ort_int8", "needs onnx and onnxruntime.*missing: onnxruntime"),
+])
+def test_missing_optional_dependency_is_named(tiny, monkeypatch, module, builder, message):
     model, x = tiny
-    monkeypatch.setitem(sys.modules, "torchao", None)
-    with pytest.raises(ImportError, match="needs torchao") as e:
-        lp.pt2e_int8(model, x, [x])
-    assert e.value.name == "torchao"
-
-
-def test_missing_onnxruntime_is_named(tiny, monkeypatch):
-    model, x = tiny
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(ImportError, match="needs onnx and onnxruntime.*missing: onnxruntime") as e:
-        lp.ort_int8(model, x, [x])
-    assert e.value.name == "onnxruntime"
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ImportError, match=message) as e:
+        getattr(lp, builder)(model, x, [x])
+    assert e.value.name == module
 
 
 def test_missing_onednn_is_named(tiny, monkeypatch):

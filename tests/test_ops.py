@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from agd import ops
+from agd.ops import library, resampling
 
 
 @pytest.fixture
@@ -308,11 +309,11 @@ def test_disable_env_is_honoured_after_loading(monkeypatch):
     assert ops.resample_backend(x) == "reference"
     calls = []
     real = ops.resample_reference
-    monkeypatch.setattr(ops, "resample_reference", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(resampling, "resample_reference", lambda *a: calls.append(1) or real(*a))
     out = ops.resample(x, -1, idx, w)
     # with the C++ kernel registered, the reference must be called directly; without it, the op's
     # only CPU kernel is the (composite) reference
-    assert len(calls) == (1 if ops._has_cpu_kernel("resample") else 0)
+    assert len(calls) == (1 if ops.has_kernel("resample") else 0)
     torch.testing.assert_close(out.double(), _dense64(x, -1, idx, w), rtol=2e-5, atol=2e-5)
     monkeypatch.setenv("AGD_DISABLE_CPP", "0")
     assert ops.cpp_status()[1] != "disabled by AGD_DISABLE_CPP=1"
@@ -320,7 +321,7 @@ def test_disable_env_is_honoured_after_loading(monkeypatch):
 
 def test_missing_library_falls_back(monkeypatch, tmp_path):
     monkeypatch.delenv("AGD_DISABLE_CPP", raising=False)
-    monkeypatch.setattr(ops, "_CPU_LIBRARY", ops.NativeLibrary(tmp_path / "_C.so"))
+    monkeypatch.setattr(library, "CPU_LIBRARY", ops.NativeLibrary(tmp_path / "_C.so"))
     assert ops.cpp_status() == (False, ops.NOT_BUILT_REASON)
     assert ops.NOT_BUILT_REASON == "agd._C is not built (reinstall without AGD_SKIP_CPP=1; needs a C++ compiler)"
     x = _rand(2, 3, 11, 13)
@@ -334,7 +335,7 @@ def test_broken_library_reports_and_is_not_retried(monkeypatch, tmp_path):
     broken = tmp_path / "_C.so"
     broken.write_bytes(b"not a shared library")
     lib = ops.NativeLibrary(broken)
-    monkeypatch.setattr(ops, "_CPU_LIBRARY", lib)
+    monkeypatch.setattr(library, "CPU_LIBRARY", lib)
     ok, why = ops.cpp_status()
     assert not ok and why.startswith(f"failed to load {broken}: ") and len(why) > len(f"failed to load {broken}: ")
     broken.unlink()
@@ -360,14 +361,14 @@ def test_without_the_library_in_a_fresh_process(tmp_path):
         f"""
         import torch
         import agd.ops as ops
-        assert not ops._has_cpu_kernel("resample"), "the C++ library was loaded at import time"
-        ops._CPU_LIBRARY = ops.NativeLibrary({str(tmp_path / "_C.so")!r})
+        assert not ops.has_kernel("resample"), "the C++ library was loaded at import time"
+        ops.library.CPU_LIBRARY = ops.NativeLibrary({str(tmp_path / "_C.so")!r})
         x = torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(2, 3, 5)
         idx = torch.tensor([[0, 1], [3, 4]])
         w = torch.tensor([[0.5, 0.5], [0.25, 0.75]])
         out = ops.resample(x, -1, idx, w)
         assert torch.allclose(out, w[:, 0] * x[..., [0, 3]] + w[:, 1] * x[..., [1, 4]])
-        assert not ops._has_cpu_kernel("resample")
+        assert not ops.has_kernel("resample")
 
         class M(torch.nn.Module):
             def forward(self, x):
@@ -385,7 +386,7 @@ def test_without_the_library_in_a_fresh_process(tmp_path):
 
 
 def test_disabled_in_a_fresh_process_never_loads():
-    code = "import torch, agd.ops as o; x = torch.ones(2, 4); print(o.resample(x, 1, torch.tensor([[0, 3]]), torch.ones(1, 2)).tolist(), o._has_cpu_kernel('resample'), o.cpp_status())"
+    code = "import torch, agd.ops as o; x = torch.ones(2, 4); print(o.resample(x, 1, torch.tensor([[0, 3]]), torch.ones(1, 2)).tolist(), o.has_kernel('resample'), o.cpp_status())"
     env = {**os.environ, "AGD_DISABLE_CPP": "1"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr

@@ -8,17 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import run_cli, save_tiny_teachers, smooth_images
 
+from agd.arch import Genotype, derive, macs_extremes, random_genotype
+from agd.arch.student import Student
 from agd.io import AgdError
 from agd.runs import RunDir
 from agd.search import Search, get_search_config, macs_budget
 from agd.search import data as D
 from agd.search.engine import _WithCost
-from agd.space import Genotype, SearchSpace, Supernet, derive, get_config
+from agd.search.supernet import Supernet
+from agd.space import SearchSpace, get_config
 from agd.space.config import config_from_dict, config_to_dict
-from agd.student import Student
 from agd.teachers import load_teacher
-from cli_helpers import run_cli, save_tiny_teachers, smooth_images
 
 
 def _images(folder: Path, n: int, hw=(72, 88)) -> Path:
@@ -51,7 +53,7 @@ def test_fixed_supernet_equals_the_derived_student(space):
     x = torch.rand(2, 3, 20, 24, dtype=torch.float64)
     sn.double()
     for seed in range(3):
-        g = sp.random_genotype(random.Random(seed))
+        g = random_genotype(sp, random.Random(seed))
         sn.fix(g)
         with torch.no_grad():
             a, _ = model(x)
@@ -69,7 +71,7 @@ def _search(teacher, images, out, space, **over):
     items = D.prepare(D.load_images(images), teacher, cache_dir=out.parent / "cache", max_side=cfg.max_side,
                       device="cpu")
     sp = SearchSpace(get_config(space))
-    (_, _), (mx, _) = sp.macs_extremes()
+    (_, _), (mx, _) = macs_extremes(sp)
     return Search(cfg, teacher, items, macs_budget(sp, macs=mx / 4), lambda s, t, g=None: ((s - t).abs().mean(), {}),
                   RunDir.open(out, resume=False))
 
@@ -110,7 +112,7 @@ def test_search_steps_use_the_sandwich_rule(tmp_path, teachers, monkeypatch, san
 def test_op_sampling_in_every_training_forward(tmp_path, teachers, monkeypatch, op_sampling):
     """``op_sampling`` decides how pretraining and both search steps choose operators: "sample" runs one
     candidate per mixed layer (the others' weights get no gradient) and still trains α through the sample."""
-    from agd.space.supernet import MixedLayer
+    from agd.search.supernet import MixedLayer
 
     teacher = load_teacher(teachers["sr"])
     search = _search(teacher, _images(tmp_path / "img", 4), tmp_path / "run", "sr-tiny", op_sampling=op_sampling)
@@ -157,7 +159,7 @@ def test_op_sampling_is_per_task_and_checked():
 
 def test_pretraining_uses_its_own_loss(tmp_path, teachers):
     """SR pretraining is pixel L1 alone (AGD's [1, 0, 0, 0]); the search steps use the search loss."""
-    from agd.commands.search import make_loss
+    from agd.distill.settings import make_loss
 
     teacher = load_teacher(teachers["sr"])
     pre = make_loss("tiny", teacher, None, "cpu", phase="pretrain")
@@ -199,7 +201,7 @@ def test_translation_trains_on_large_crops():
 
 
 def test_cpu_loss_setting_is_pixel_for_translation_and_tiny_for_sr(teachers):
-    from agd.commands.search import make_loss
+    from agd.distill.settings import make_loss
 
     sr, tr = load_teacher(teachers["sr"]), load_teacher(teachers["translation"])
     assert [make_loss("cpu", sr, None, "cpu", phase=p).describe()["preset"] for p in ("pretrain", "search", "train")] \
@@ -241,7 +243,7 @@ def test_arch_weight_decay_is_off_as_in_agd():
 def test_sr_input_skip_is_bicubic_and_old_genotypes_keep_their_topology():
     cfg = get_config("sr-tiny")
     assert cfg.input_skip == "bicubic"
-    g = SearchSpace(cfg).random_genotype(random.Random(0))
+    g = random_genotype(SearchSpace(cfg), random.Random(0))
     net = derive(g)
     with torch.no_grad():  # a network whose last conv outputs zero is exactly the bicubic upscaling
         net.layers[-1].conv.weight.zero_()
@@ -265,7 +267,7 @@ def test_sr_input_skip_is_bicubic_and_old_genotypes_keep_their_topology():
 def test_sr_input_skip_upscales_the_input_by_the_whole_scale(scale, skip):
     """The input skip interpolates the input once, by the network's scale (x3 in one step, not in x2 rounds):
     with a zero last layer the network is exactly that interpolation."""
-    g = SearchSpace(get_config("sr-tiny", scale=scale, input_skip=skip)).random_genotype(random.Random(1))
+    g = random_genotype(SearchSpace(get_config("sr-tiny", scale=scale, input_skip=skip)), random.Random(1))
     net = derive(g)
     with torch.no_grad():
         net.layers[-1].conv.weight.zero_()
@@ -302,7 +304,7 @@ def test_eval_carries_the_trivial_baseline_and_says_when_it_loses(tmp_path, teac
         teacher = load_teacher(teachers[task])
         items = D.prepare(D.load_images(_images(tmp_path / "img", 2, hw=(40, 48))), teacher, cache_dir=tmp_path / "c",
                           max_side=None, device="cpu")
-        g = SearchSpace(get_config(space)).random_genotype(random.Random(1))
+        g = random_genotype(SearchSpace(get_config(space)), random.Random(1))
         r = evaluate_student(Student(g), teacher, items, tmp_path / task, device="cpu")
         base = "bicubic" if task == "sr" else "identity"
         assert r["baseline"] == base
@@ -375,7 +377,7 @@ def test_colour_skip_starts_as_the_identity_and_learns_a_colour_map():
     saved with the student and exported with it."""
     cfg = get_config("translation-tiny", input_skip="colour")
     sp = SearchSpace(cfg)
-    g = sp.random_genotype(random.Random(0))
+    g = random_genotype(sp, random.Random(0))
     torch.manual_seed(0)
     net = derive(g).eval()
     torch.manual_seed(0)
@@ -393,7 +395,7 @@ def test_colour_skip_starts_as_the_identity_and_learns_a_colour_map():
     assert {"skip.weight", "skip.bias"} <= set(inherited.state_dict())
     ep = torch.export.export(inherited.eval(), (x,))
     assert torch.allclose(ep.module()(x), inherited(x), atol=1e-6)
-    from agd.space.fast import available_backends, convert
+    from agd.arch.fast import available_backends, convert
 
     if not available_backends()["cpp"]:  # the C++ blocks keep the skip as it is
         with torch.no_grad():

@@ -11,15 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import save_tiny_teachers, smooth_images
+from latency_tables import synthetic_table
 
+from agd.arch import macs_extremes
 from agd.io import AgdError
 from agd.runs import RunDir
 from agd.search import Search, derive_within_budget, get_search_config, macs_budget, parse_macs
 from agd.search import data as D
 from agd.search.budget import DualController
-from agd.space import SearchSpace, Supernet, get_config
+from agd.search.supernet import Supernet
+from agd.space import SearchSpace, get_config
 from agd.teachers import load_teacher
-from cli_helpers import save_tiny_teachers, smooth_images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +44,7 @@ def _search(teacher, images, out, *, space, budget_frac, steps=2, pretrain=1, lo
                             checkpoint_every=1, batch=1, **(cfg_over or {}))
     items = D.prepare(D.load_images(images), teacher, cache_dir=out.parent / "cache", max_side=cfg.max_side, device="cpu")
     sp = SearchSpace(get_config(space))
-    (_, _), (mx, _) = sp.macs_extremes()
+    (_, _), (mx, _) = macs_extremes(sp)
     budget = macs_budget(sp, macs=mx * budget_frac)
     return Search(cfg, teacher, items, budget, loss, RunDir.open(out, resume=False)), budget
 
@@ -61,7 +64,7 @@ def test_budgets_are_met_within_5_percent(tmp_path, tiny_teachers, task, space, 
 
 def test_budget_outside_the_space_is_refused():
     sp = SearchSpace(get_config("sr-x4"))
-    (mn, _), (mx, _) = sp.macs_extremes()
+    (mn, _), (mx, _) = macs_extremes(sp)
     with pytest.raises(AgdError, match="below the smallest network of the sr space"):
         macs_budget(sp, macs=mn * 0.9)
     with pytest.raises(AgdError, match="above the largest network"):
@@ -82,7 +85,7 @@ def test_derivation_is_most_probable_within_budget():
         for p in sn.arch_parameters():
             p.normal_(0, 2)
     tables = sp.macs_tables()
-    (mn, _), (mx, _) = sp.macs_extremes()
+    (mn, _), (mx, _) = macs_extremes(sp)
     budget = (mn + mx) / 2
     g = derive_within_budget(sp, [m.op_probs() for m in sn.mixed_layers], [m.width_probs() for m in sn.mixed_layers],
                              tables, budget, tol=0.05)
@@ -98,7 +101,8 @@ def test_derivation_is_most_probable_within_budget():
     # no architecture within the band is more probable (exhaustive on the tiny space)
     import itertools
 
-    from agd.space import Genotype, LayerChoice, op_valid
+    from agd.arch import Genotype, LayerChoice
+    from agd.space import op_valid
 
     best = -math.inf
     for combo in itertools.product(*[[(o, w) for o in s.ops for w in s.widths] for s in sp.layers]):
@@ -112,6 +116,37 @@ def test_derivation_is_most_probable_within_budget():
         if abs(sp.genotype_macs(gg) / budget - 1) <= 0.05:
             best = max(best, logp(gg))
     assert logp(g) == pytest.approx(best, abs=1e-9)
+
+
+def test_the_controller_steers_a_search_to_a_binding_budget(tmp_path, tiny_teachers):
+    """A budget at 1/5 of the largest network binds (the uniform supernet's expected MACs are well above it):
+    after every architecture step λ follows dual ascent on log(E / B) (E: that step's expected MACs), so it
+    rises while the supernet is over budget, and the architecture steps drive the expected MACs down to the
+    budget: the distillation loss alone would not (same run with the controller's step at 0)."""
+    teacher = load_teacher(tiny_teachers["sr"])
+    images = _images(tmp_path / "img")
+    runs = {}
+    for dual_step in (2.0, 0.0):
+        search, budget = _search(teacher, images, tmp_path / f"run{dual_step}", space="sr-tiny", budget_frac=0.2,
+                                 steps=6, cfg_over={"dual_step": dual_step, "arch_lr": 0.05})
+        e0 = float(search.model.supernet.expected_cost(search.tables)[0].detach())
+        recs = []
+        search.progress = recs.append
+        search.run_loop()
+        runs[dual_step] = (e0, [r for r in recs if r.get("phase") == "search"], budget.value)
+    e0, recs, b = runs[2.0]
+    assert e0 > 1.5 * b  # binding
+    lam = 0.0
+    for r in recs:  # the controller's update, step by step
+        lam = min(max(lam + 2.0 * math.log(r["expected"] / b), 0.0), 100.0)
+        assert r["lam"] == pytest.approx(lam, rel=1e-9, abs=1e-12)
+    assert recs[0]["lam"] > 0 and recs[1]["lam"] > recs[0]["lam"]  # over budget: λ rises
+    final = recs[-1]["eval"]["expected"]
+    assert abs(math.log(final / b)) < 0.5 * abs(math.log(e0 / b))  # moved most of the way to the budget
+    assert recs[-1]["eval"]["argmax_cost"] < e0
+    e0_free, recs_free, _ = runs[0.0]
+    assert all(r["lam"] == 0.0 for r in recs_free)
+    assert recs_free[-1]["eval"]["expected"] > final  # without the controller the cost stays higher
 
 
 def test_dual_controller_moves_toward_the_budget():
@@ -251,21 +286,7 @@ def test_two_processes_equal_one_with_the_global_batch(tmp_path, tiny_teachers):
     assert alphas and all(torch.allclose(a[k], b[k], atol=1e-5) for k in alphas)
 
 
-def _synthetic_table(space, sizes):
-    """A latency table of ``space`` at each of ``sizes`` (None: the reference size): a per-configuration
-    cost with a fixed per-call part, plus an overhead of 0.25 ms."""
-    from agd.tuning.latency_table import LatencyTable, entry_key, space_key
-
-    table = LatencyTable(target="x86", tvm_target={"kind": "llvm"})
-    for hw in sizes:
-        for i, (spec, size) in enumerate(zip(space.layers, space.input_sizes(hw))):
-            for op in spec.ops:
-                for ci in space.in_choices(i):
-                    for co in spec.widths:
-                        if op != "identity":
-                            table.entries[entry_key(spec, op, ci, co, size)] = 0.02 + space.op_macs(i, op, ci, co, size) / 1e6
-        table.overheads[space_key(space, hw)] = {"ms": 0.25}
-    return table
+_synthetic_table = synthetic_table
 
 
 def test_latency_budget_input_size(tmp_path):
@@ -324,7 +345,7 @@ def test_latency_budget_from_a_table(tmp_path, tiny_teachers, capsys):
         main(args)
     except SystemExit as e:
         assert e.code in (0, None), capsys.readouterr().err
-    from agd.space import Genotype
+    from agd.arch import Genotype
 
     g = Genotype.load(out / "genotype.json")
     assert abs(table.predict(g) / budget - 1) <= 0.05

@@ -7,12 +7,11 @@ import random
 import pytest
 import torch
 
+from agd.arch import Genotype, LayerChoice, derive, macs_extremes, random_genotype
 from agd.cost import count_macs
 from agd.io import AgdError
-from agd.space import (
-    PRESETS, Genotype, LayerChoice, SearchSpace, Supernet, TemperatureSchedule, derive, get_config, op_valid,
-    sr_space_for_scale, up_factors, width_choices,
-)
+from agd.search.supernet import Supernet, TemperatureSchedule
+from agd.space import PRESETS, SearchSpace, get_config, op_valid, sr_space_for_scale, up_factors, width_choices
 from agd.space.blocks import ConvNormAct, DwsBlock, Identity, ResBlock, Style
 
 # small inputs for forward passes (odd sizes); the reference size for MACs
@@ -51,7 +50,7 @@ def test_random_genotypes_supernet_equals_derived_and_exports(name):
     worst = 0.0
     ops_seen = set()
     for _ in range(N_RANDOM):
-        g = space.random_genotype(rng)
+        g = random_genotype(space, rng)
         ops_seen |= {c.op for c in g.layers}
         sn.fix(g)
         net = derive(g, sn).eval()
@@ -92,7 +91,7 @@ def test_macs_extremes_match_brute_force(name):
     are counted and no random genotype beats them."""
     # exhaustive enumeration on the tiny translation space with a fixed stem/header keeps it fast
     space = SearchSpace(get_config(name, search_stem_header=False) if name == "translation-tiny" else _config(name))
-    (mn, gmin), (mx, gmax) = space.macs_extremes()
+    (mn, gmin), (mx, gmax) = macs_extremes(space)
     ref = (1, 3, *space.config.reference_size)
     with torch.device("meta"):
         assert count_macs(derive(gmin), ref) == mn
@@ -115,12 +114,12 @@ def test_macs_extremes_match_brute_force(name):
         assert len(counts) == space.num_architectures()
         assert (min(counts), max(counts)) == (mn, mx)
         for _ in range(40):
-            g = space.random_genotype(rng)
+            g = random_genotype(space, rng)
             with torch.device("meta"):
                 assert count_macs(derive(g), ref) == space.genotype_macs(g), g.to_json()
     else:
         for _ in range(200):
-            m = space.genotype_macs(space.random_genotype(rng))
+            m = space.genotype_macs(random_genotype(space, rng))
             assert mn <= m <= mx
 
 
@@ -130,7 +129,7 @@ def test_space_facts():
     assert width_choices(64, get_config("translation").width_ratios, 8) == (24, 32, 40, 56, 64)
     assert [s.name for s in t.layers][:4] == ["stem", "down1", "down2", "layer1"] and len(t.layers) == 15
     # the largest translation architecture is CycleGAN's ResNet-9 without conv biases
-    (_, _), (mx, gmax) = t.macs_extremes()
+    (_, _), (mx, gmax) = macs_extremes(t)
     assert {c.op for c in gmax.layers[3:12]} == {"resblock"}
     assert mx / 1e9 == pytest.approx(49.55, abs=0.01)
     sr = SearchSpace(get_config("sr-x4"))
@@ -189,7 +188,7 @@ def _table_macs(space: SearchSpace, tables, g: Genotype) -> int:
 def test_sr_student_upscales_by_its_scale_and_costs_its_table_entries(name):
     """A derived student maps H x W to sH x sW (the bare network and Student alike), and the MACs counted
     on it equal its entries of the space's cost tables, at the reference size and at an odd one."""
-    from agd.student import Student
+    from agd.arch.student import Student
 
     space = SearchSpace(_config(name))
     s, hw = space.scale, (11, 7)
@@ -197,7 +196,7 @@ def test_sr_student_upscales_by_its_scale_and_costs_its_table_entries(name):
     rng = random.Random(3)
     x = torch.rand(1, 3, 5, 7)
     for _ in range(4):
-        g = space.random_genotype(rng)
+        g = random_genotype(space, rng)
         net = derive(g).eval()
         with torch.no_grad():
             y, ys = net(x), Student(g, net)(x)
@@ -208,30 +207,36 @@ def test_sr_student_upscales_by_its_scale_and_costs_its_table_entries(name):
             assert counted == _table_macs(space, t, g) == space.genotype_macs(g, size), (name, size, g.to_json())
 
 
+def _nearest(t: torch.Tensor, f: int) -> torch.Tensor:
+    """Nearest-neighbour upsampling by an integer factor, by repeating rows and columns."""
+    return t.repeat_interleave(f, dim=2).repeat_interleave(f, dim=3)
+
+
 def _x2_round_forward(net, x: torch.Tensor) -> torch.Tensor:
-    """The SR generator's forward as written before x3 existed: one nearest-x2 round per conv_up layer, the
-    input skip at 2 ** rounds."""
+    """The SR generator's forward as written before x3 existed, by layer index: head, cells of
+    ``layers_per_cell`` body layers (residual, times ``cell_scale``), the body conv, one nearest-x2 round per
+    conv_up layer, conv_hr, conv_last, and the input skip at 2 ** rounds."""
     import torch.nn.functional as F
 
-    layers = list(net.layers)
-    n_up = len(layers) - 1 - net.n_cells * net.layers_per_cell - 1 - 2
-    it = iter(layers)
-    fea = next(it)(x)
-    h = fea
-    for _ in range(net.n_cells):
+    L, k, per = list(net.layers), net.n_cells * net.layers_per_cell, net.layers_per_cell
+    body, ups = L[1:1 + k], L[2 + k:-2]
+    trunk = L[0](x)
+    h = trunk
+    for c in range(net.n_cells):
         y = h
-        for _ in range(net.layers_per_cell):
-            y = next(it)(y)
+        for m in body[c * per:(c + 1) * per]:
+            y = m(y)
         h = h + net.cell_scale * y
-    fea = fea + next(it)(h)
-    for _ in range(n_up):
-        fea = next(it)(F.interpolate(fea, scale_factor=2.0, mode="nearest"))
-    out = next(it)(fea)
-    out = next(it)(out)
+    fea = trunk + L[1 + k](h)
+    for m in ups:
+        fea = m(_nearest(fea, 2))
+    out = L[-1](L[-2](fea))
+    f = 2 ** len(ups)
+    if net.input_skip == "nearest":
+        return out + _nearest(x, f)
     if net.input_skip == "none":
         return out
-    kw = {} if net.input_skip == "nearest" else {"align_corners": False}
-    return out + F.interpolate(x, scale_factor=float(2**n_up), mode=net.input_skip, **kw)
+    return out + F.interpolate(x, scale_factor=float(f), mode=net.input_skip, align_corners=False)
 
 
 @pytest.mark.parametrize("scale", [2, 4])
@@ -329,17 +334,54 @@ def test_expected_macs_gradient_direction():
     assert sn.expected_macs()[0] < e0
 
 
+@pytest.mark.parametrize("name", ["sr-tiny", "translation-tiny"])
 @pytest.mark.parametrize("mode", ["max", "min", "random", "argmax"])
-def test_sandwich_width_modes(mode):
-    sn = Supernet(SearchSpace(get_config("sr-tiny")))
+def test_sandwich_width_modes(mode, name, monkeypatch):
+    """Each width mode runs every layer at the width it names (max, min, a random one, the argmax of beta),
+    and the output equals the derived network of those widths (and the argmax operators) with the supernet's
+    weights sliced into it, in float64."""
+    from agd.search import supernet as S
+
+    sn = _randomised_supernet(name).double()
+    with torch.no_grad():
+        for m in sn.mixed_layers:
+            if m.alpha is not None:
+                m.alpha.normal_()
+                if "identity" in m.spec.ops:  # an identity between unequal widths is no derived layer
+                    m.alpha[m.spec.ops.index("identity")] = -10.0
+            if m.beta is not None:
+                m.beta.normal_()
+    ran = {}
+    real = S.MixedLayer._width
+
+    def spy(layer):
+        j, gate = real(layer)
+        ran[layer.spec.name] = layer.widths[j]
+        return j, gate
+
+    monkeypatch.setattr(S.MixedLayer, "_width", spy)
     sn.set_sampling(ops="argmax", widths=mode)
-    y = sn(torch.rand(1, 3, 7, 9))
-    assert y.shape == (1, 3, 28, 36)
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, *FORWARD_HW[name], dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = sn(x)
+    chosen = [LayerChoice(m.spec.name, m.spec.ops[int(m.alpha.argmax())] if m.alpha is not None else m.spec.ops[0],
+                          ran[m.spec.name]) for m in sn.mixed_layers]
+    pick = {"max": lambda m: m.widths[-1], "min": lambda m: m.widths[0],
+            "argmax": lambda m: m.widths[int(m.beta.argmax())] if m.beta is not None else m.widths[0]}.get(mode)
+    if pick is not None:
+        assert [c.width for c in chosen] == [pick(m) for m in sn.mixed_layers]
+    else:
+        assert len({c.width for c in chosen}) > 1
+    g = Genotype(sn.space.config, chosen)
+    with torch.no_grad():
+        want = derive(g, sn).double().eval()(x)
+    torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-10)
 
 
 def test_genotype_json_roundtrip_and_errors(tmp_path):
     space = SearchSpace(get_config("translation"))
-    g = space.random_genotype(random.Random(0))
+    g = random_genotype(space, random.Random(0))
     p = g.save(tmp_path / "g.json")
     assert Genotype.load(p) == g
     d = json.loads(p.read_text())
@@ -373,20 +415,31 @@ def test_genotype_json_roundtrip_and_errors(tmp_path):
 
 
 def test_supernet_genotype_is_argmax_and_valid():
+    """Supernet.genotype() takes torch.argmax of every beta, and of every alpha except where the argmax
+    operator is an identity between unequal widths: there the next most likely operator."""
+    torch.manual_seed(0)
     sn = Supernet(SearchSpace(get_config("translation")))
     with torch.no_grad():
         for m in sn.mixed_layers:
             if m.alpha is not None:
+                m.alpha.normal_()
                 m.alpha[m.spec.ops.index("identity")] = 5.0  # identity preferred everywhere
             if m.beta is not None:
                 m.beta.normal_()
     g = sn.genotype()
     sn.space.validate(g)
-    c_in = None
-    for spec, ch in zip(sn.space.layers, g.layers):
-        if "identity" in spec.ops and ch.op != "identity":
-            assert c_in != ch.width  # identity only dropped where widths differ
+    c_in, dropped = sn.space.config.in_ch, 0
+    for m, ch in zip(sn.mixed_layers, g.layers):
+        assert ch.width == m.widths[int(torch.argmax(m.beta))] if m.beta is not None else ch.width == m.widths[0]
+        if m.alpha is None:
+            assert ch.op == m.spec.ops[0]
+        elif ch.op != m.spec.ops[int(torch.argmax(m.alpha))]:
+            assert m.spec.ops[int(torch.argmax(m.alpha))] == "identity" and c_in != ch.width
+            second = torch.argsort(m.alpha, descending=True)[1]
+            assert ch.op == m.spec.ops[int(second)]
+            dropped += 1
         c_in = ch.width
+    assert 0 < dropped < sum(m.alpha is not None for m in sn.mixed_layers)  # both cases were met
 
 
 def test_examples_are_valid_and_documented():
@@ -419,7 +472,7 @@ def test_cli_space_and_arch_show(tmp_path, capsys):
 
     s = json.loads(run("space", "show", "--task", "translation", "--json"))
     space = SearchSpace(get_config("translation"))
-    (mn, _), (mx, _) = space.macs_extremes()
+    (mn, _), (mx, _) = macs_extremes(space)
     assert (s["min_macs"], s["max_macs"]) == (mn, mx) and s["architectures"] == space.num_architectures()
     assert s["teacher_macs"] == pytest.approx(49.55e9, rel=1e-3)
     assert "architectures" in run("space", "show", "--task", "sr")
@@ -446,7 +499,7 @@ def test_cli_space_show_sr_x3(capsys):
     sizes = {r["name"]: r["input_size"] for r in s["layers"]}
     assert [n for n in sizes if n.startswith("conv_up")] == ["conv_up1"]
     assert sizes["conv_body"] == [20, 24] and sizes["conv_up1"] == sizes["conv_last"] == [60, 72]
-    (mn, gmin), (mx, _) = space.macs_extremes((20, 24))
+    (mn, gmin), (mx, _) = macs_extremes(space, (20, 24))
     assert (s["min_macs"], s["max_macs"]) == (mn, mx) and s["architectures"] == space.num_architectures()
     assert s["teacher_macs"] is None
     with torch.device("meta"):

@@ -17,8 +17,8 @@ from torch import nn
 
 from agd.io import AgdError, save_checkpoint
 from agd.teachers import (
-    RRDBNet,
     ResnetGenerator,
+    RRDBNet,
     Teacher,
     TeacherInfo,
     get_teacher_info,
@@ -28,9 +28,9 @@ from agd.teachers import (
     load_rrdbnet,
     load_teacher,
     parse_ncnn_param,
+    registry,
     tiled_forward,
 )
-from agd.teachers import registry
 
 
 def _seeded(model: nn.Module, seed: int = 0, std: float = 0.1) -> nn.Module:
@@ -121,12 +121,18 @@ def to_official_esrgan(sd: dict) -> dict:
 
 # ------------------------------------------------------------------------------ architectures
 
+def _rrdbnet_run(scale: int, n: int, h: int, w: int):
+    """(a tiny float64 RRDBNet x``scale``, an input n x 3 x h x w, its output, checked to be n x 3 x sh x sw)."""
+    m = tiny_rrdbnet(scale).double()
+    x = torch.rand(n, 3, h, w, dtype=torch.float64)
+    y = m(x)
+    assert y.shape == (n, 3, h * scale, w * scale)
+    return m, x, y
+
+
 @pytest.mark.parametrize("scale", [1, 2, 4, 8])
 def test_rrdbnet_matches_float64_reference(scale):
-    m = tiny_rrdbnet(scale).double()
-    x = torch.rand(2, 3, 8, 4, dtype=torch.float64)
-    y = m(x)
-    assert y.shape == (2, 3, 8 * scale, 4 * scale)
+    m, x, y = _rrdbnet_run(scale, 2, 8, 4)
     sd = m.state_dict()
     torch.testing.assert_close(y, ref_rrdbnet(sd, x, scale), rtol=0, atol=1e-12)
     assert set(k.split(".")[0] for k in sd) >= {"conv_first", "body", "conv_body", "conv_up1", "conv_up2",
@@ -137,10 +143,7 @@ def test_rrdbnet_matches_float64_reference(scale):
 
 @pytest.mark.parametrize("scale", [1, 2, 4, 8])
 def test_rrdbnet_odd_sizes(scale):
-    m = tiny_rrdbnet(scale).double()
-    x = torch.rand(1, 3, 7, 5, dtype=torch.float64)
-    y = m(x)
-    assert y.shape == (1, 3, 7 * scale, 5 * scale)
+    m, x, y = _rrdbnet_run(scale, 1, 7, 5)
     f = {1: 4, 2: 2}.get(scale, 1)
     if f > 1:  # reflect-padded to a multiple of the unshuffle factor, output cropped back
         xp = F.pad(x, (0, (-5) % f, 0, (-7) % f), mode="reflect")

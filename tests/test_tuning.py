@@ -23,8 +23,10 @@ from torch import nn
 
 pytest.importorskip("tvm", reason="apache-tvm is not installed")
 
+from agd.arch import random_genotype  # noqa: E402
 from agd.io import AgdError  # noqa: E402
-from agd.space import SearchSpace, Supernet, get_config  # noqa: E402
+from agd.search.supernet import Supernet
+from agd.space import SearchSpace, get_config  # noqa: E402
 from agd.tuning.artifact import CompileConfig, compile_genotype, compile_model, load_artifact  # noqa: E402
 from agd.tuning.targets import TargetSpec, resolve_target  # noqa: E402
 
@@ -37,7 +39,7 @@ def x86():
 
 
 def _genotype(tmp_path: Path, preset: str = "translation-tiny", seed: int = 1) -> Path:
-    g = SearchSpace(get_config(preset)).random_genotype(random.Random(seed))
+    g = random_genotype(SearchSpace(get_config(preset)), random.Random(seed))
     return g.save(tmp_path / f"{preset}.json")
 
 
@@ -102,7 +104,7 @@ def test_compile_writes_checked_artifact_that_runs(tmp_path, x86):
     assert man["tuning"]["tuned"] is False and man["tuning"]["database_digest"] is None
     assert man["export_rewrites"] and "sub-pixel" in man["export_rewrites"][0]  # its upsampling was rewritten
     # the artifact alone reproduces the generator
-    from agd.space import Genotype
+    from agd.arch import Genotype
     from agd.tuning.artifact import load_generator
 
     model = load_generator(Genotype.load(gpath), None)
@@ -112,7 +114,7 @@ def test_compile_writes_checked_artifact_that_runs(tmp_path, x86):
 
 
 def test_compile_with_weights_records_them(tmp_path, x86):
-    from agd.space import Genotype, derive
+    from agd.arch import Genotype, derive
 
     gpath = _genotype(tmp_path, "sr-tiny", seed=3)
     torch.manual_seed(42)
@@ -129,10 +131,10 @@ def test_compile_with_weights_records_them(tmp_path, x86):
 def test_compile_sr_x3_student_upscales_by_three(tmp_path, x86):
     """An x3 SR student (one nearest-x3 upsampling, the bicubic skip at x3) exports to TVM and its x86
     build matches PyTorch."""
-    from agd.space import Genotype
+    from agd.arch import Genotype
     from agd.tuning.artifact import load_generator
 
-    g = SearchSpace(get_config("sr-tiny", scale=3)).random_genotype(random.Random(3))
+    g = random_genotype(SearchSpace(get_config("sr-tiny", scale=3)), random.Random(3))
     gpath = g.save(tmp_path / "sr-x3.json")
     man = compile_genotype(gpath, x86, tmp_path / "a", CompileConfig(size=(11, 9)))
     assert man["input_shape"] == [1, 3, 11, 9] and man["output_shape"] == [1, 3, 33, 27]
@@ -304,7 +306,8 @@ def _small_space():
 
 
 def test_latency_table_resumable_and_shaped_like_macs(tmp_path, x86):
-    from agd.tuning.latency_table import LatencyTable, TableBuildConfig, build_table
+    from agd.cost.latency import LatencyTable
+    from agd.tuning.latency_table import TableBuildConfig, build_table
 
     space = _small_space()
     path = tmp_path / "lt.json"
@@ -332,7 +335,7 @@ def test_latency_table_resumable_and_shaped_like_macs(tmp_path, x86):
     exp, _ = sn.expected_cost([t.nan_to_num(0.0) for t in tables])
     (exp + table.overhead_ms).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in sn.arch_parameters())
-    g = space.random_genotype(random.Random(0))
+    g = random_genotype(space, random.Random(0))
     assert table.predict(g) == pytest.approx(table.operator_sum(g) + table.overhead(space))
     # one-hot choice reproduces the genotype's operator sum
     sn.fix(g)
@@ -359,11 +362,12 @@ def test_latency_table_times_with_its_own_settings(x86, monkeypatch):
 
 def test_latency_table_tunes_with_a_per_task_floor(tmp_path, x86, monkeypatch):
     """A table built with trials_per_task tunes each configuration with that floor and records it."""
-    import agd.tuning.tune as tune_module
-    from agd.tuning.latency_table import LatencyTable, TableBuildConfig, build_table
+    import agd.tuning.latency_table as latency_table
+    from agd.cost.latency import LatencyTable
+    from agd.tuning.latency_table import TableBuildConfig, build_table
 
     seen = []
-    monkeypatch.setattr(tune_module, "tune", lambda mod, spec, db, cfg: seen.append(cfg))
+    monkeypatch.setattr(latency_table, "tune", lambda mod, spec, db, cfg: seen.append(cfg))
     table = LatencyTable(x86.name, x86.tvm_target)
     sp = SearchSpace(get_config("sr-tiny"))
     build_table(table, sp, x86, (8, 8), TableBuildConfig(trials_per_task=6, database=tmp_path / "db"), limit=1)
@@ -373,7 +377,8 @@ def test_latency_table_tunes_with_a_per_task_floor(tmp_path, x86, monkeypatch):
 
 def test_latency_table_will_not_mix_entries_of_another_export(tmp_path, x86):
     """Entries measured with other export rewrites (an older agd) are not topped up with new ones."""
-    from agd.tuning.latency_table import LatencyTable, TableBuildConfig, build_table
+    from agd.cost.latency import LatencyTable
+    from agd.tuning.latency_table import TableBuildConfig, build_table
     from agd.tuning.rewrite import REWRITES
 
     old = LatencyTable("x86", x86.tvm_target, {"runs": [{"export_rewrites": list(REWRITES[:1])}]}, {"k": 1.0})
@@ -383,7 +388,7 @@ def test_latency_table_will_not_mix_entries_of_another_export(tmp_path, x86):
 
 
 def test_latency_table_rejects_corrupt_file(tmp_path):
-    from agd.tuning.latency_table import LatencyTable
+    from agd.cost.latency import LatencyTable
 
     (tmp_path / "t.json").write_text(json.dumps({"format": "agd-latency-table", "version": 1, "target": "x86",
                                                  "tvm_target": {}, "entries": {"k": -1}}))
@@ -395,15 +400,39 @@ def test_latency_table_rejects_corrupt_file(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ compare
-def test_compare_side_by_side_reports_every_backend(x86):
+def test_compare_side_by_side_reports_every_backend(x86, monkeypatch):
+    """Each row's error is against eager PyTorch; the TVM build's own output (captured) equals the model
+    run in float64 by plain PyTorch here, and its reported error is its distance from eager float32."""
+    import copy
+
+    from agd.tuning import compare as C
     from agd.tuning.compare import CompareConfig, compare
 
+    outputs = []
+
+    class Recording(C.CompiledModel):
+        def __call__(self, x):
+            out = super().__call__(x)
+            outputs.append(out.copy())
+            return out
+
+    monkeypatch.setattr(C, "CompiledModel", Recording)
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.InstanceNorm2d(8), nn.ReLU(), nn.Conv2d(8, 3, 1))
-    rows = compare(model, torch.rand(1, 3, 16, 16), x86,
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    rows = compare(model, x, x86,
                    CompareConfig(backends=("eager", "onnxruntime", "tvm-untuned", "tvm-tuned", "nope"), repeats=2,
                                  warmup=1))
     by = {r["backend"]: r for r in rows}
-    assert by["eager"]["ok"] and by["eager"]["max_abs_error"] == 0
+    with torch.no_grad():
+        want = copy.deepcopy(model).double()(x.double()).numpy()
+        eager = model(x).double().numpy()
+    assert outputs, "the TVM build was not run"
+    tvm_out = outputs[0].astype(np.float64)
+    assert tvm_out.shape == want.shape and np.abs(tvm_out - want).max() < 1e-4
+    assert by["tvm-untuned"]["max_abs_error"] == pytest.approx(np.abs(tvm_out - eager).max(), abs=1e-7)
+    assert by["eager"]["ok"]
+    assert np.abs(eager - want).max() < 1e-5
     assert by["onnxruntime"]["ok"] and by["onnxruntime"]["max_abs_error"] < 1e-4
     assert by["tvm-untuned"]["ok"] and by["tvm-untuned"]["max_abs_error"] < 1e-4
     assert not by["tvm-tuned"]["ok"] and "database" in by["tvm-tuned"]["note"]
@@ -431,6 +460,7 @@ from torch import nn
 from agd.tuning.export import to_relax
 from agd.tuning.targets import resolve_target
 from agd.tuning.tune import TuneConfig, tune
+from agd.arch import random_genotype
 torch.manual_seed(0)
 m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
 prog = to_relax(m.eval(), torch.rand(1, 3, 16, 16))
@@ -457,10 +487,11 @@ def test_tuning_workers_cannot_take_the_machines_memory():
 def test_trials_follow_each_tasks_share_of_the_work(x86, monkeypatch):
     from types import SimpleNamespace
 
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
+
     from agd.tuning import tune as tune_mod
     from agd.tuning.build import fused_module, tvm_target
     from agd.tuning.export import to_relax
-    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
     tasks = [SimpleNamespace(name=n) for n in "abcd"]
     work = {"a": 8e9, "b": 1e9, "c": 1e9, "d": float("nan"), "e": 0.0, "f": 0.0}  # d: the estimator failed,
@@ -501,10 +532,9 @@ def test_one_run_shares_what_the_tasks_lack_under_the_gradient_scheduler(tmp_pat
     checks the budget, not MetaSchedule.)"""
     from tvm.s_tir import meta_schedule as ms
 
+    import agd.tuning.tune as tune_module
     from agd.tuning.export import to_relax
     from agd.tuning.tune import TuneConfig, read_ledger, tune
-
-    import agd.tuning.tune as tune_module
 
     calls: list[dict] = []
     monkeypatch.setattr(ms.tune, "tune_tasks", lambda **kw: calls.append(kw))
@@ -532,10 +562,9 @@ def test_trials_per_task_gives_every_task_its_floor(tmp_path, x86, monkeypatch):
     floor, whatever the per-network trials say (tune_tasks stubbed: this checks the budget)."""
     from tvm.s_tir import meta_schedule as ms
 
+    import agd.tuning.tune as tune_module
     from agd.tuning.export import to_relax
     from agd.tuning.tune import TuneConfig, budget_for, read_ledger, tune
-
-    import agd.tuning.tune as tune_module
 
     assert budget_for(TuneConfig(trials=64), 22) == (64, 16)
     assert budget_for(TuneConfig(trials=64, trials_per_task=16), 22) == (352, 16)

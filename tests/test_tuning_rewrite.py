@@ -10,9 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-from agd.space import SearchSpace, derive, get_config
-from agd.tuning.rewrite import (WINOGRAD_MIN_WIDTH, SpaceToDepthConv2d, SubPixelConvTranspose2d, WinogradConv2d,
-                                for_tvm, space_to_depth_reason, subpixel_reason, winograd_reason)
+from agd.arch import derive, random_genotype
+from agd.space import SearchSpace, get_config
+from agd.tuning.rewrite import (
+    WINOGRAD_MIN_WIDTH,
+    SpaceToDepthConv2d,
+    SubPixelConvTranspose2d,
+    WinogradConv2d,
+    for_tvm,
+    space_to_depth_reason,
+    subpixel_reason,
+    winograd_reason,
+)
 
 # (kernel, stride, padding, output_padding, H, W): the spaces' upsampling (3, 2, 1, 1), other kernels,
 # strides 2-3, paddings that crop, output paddings, odd sizes and a 1-pixel input
@@ -145,7 +154,7 @@ def test_for_tvm_runs_wide_3x3_convolutions_as_winograd():
 
 def test_for_tvm_rewrites_a_translation_student_and_leaves_it_untouched():
     torch.manual_seed(0)
-    net = derive(SearchSpace(get_config("translation-tiny")).random_genotype(random.Random(1))).eval()
+    net = derive(random_genotype(SearchSpace(get_config("translation-tiny")), random.Random(1))).eval()
     before = sum(isinstance(m, nn.ConvTranspose2d) for m in net.modules())
     strided = sum(isinstance(m, nn.Conv2d) and m.stride != (1, 1) for m in net.modules())
     assert before == 2 and strided == 2  # the space's two upsampling and two downsampling layers

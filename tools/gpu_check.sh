@@ -93,7 +93,7 @@ if want bench; then
   timeout "${T_PROFILE:-60}" $py - >"$logs/profile_fused.txt" 2>&1 <<'EOF'
 import torch
 from torch.profiler import ProfilerActivity, profile
-from agd.kernels import bench as kb
+from agd.bench import kernels as kb
 w = kb.Workload("translation b4 K5", "translation", 4, 256, 64, 5)
 wts, leaves, build = kb.make_inputs(w, torch.float32, "cuda")
 run = kb.fwd_bwd("fused", wts, leaves, build, w.channels)

@@ -45,12 +45,15 @@ def main() -> None:
 
     import torch
 
-    from agd.commands.baseline import hand_designed, random_within_budget
-    from agd.commands.pipeline import run_eval_job, run_train_job
-    from agd.commands.search import SearchJob, make_loss, run_search_job
+    from agd.arch import Genotype
+    from agd.distill.settings import make_loss
+    from agd.jobs.baseline import hand_designed, random_within_budget
+    from agd.jobs.search import SearchJob, run_search_job
+    from agd.jobs.train import run_eval_job, run_train_job
     from agd.search import data as D
-    from agd.space import Genotype, SearchSpace, Supernet
     from agd.search.engine import _WithCost
+    from agd.search.supernet import Supernet
+    from agd.space import SearchSpace
     from agd.teachers import load_teacher
 
     out = a.out
@@ -87,9 +90,8 @@ def main() -> None:
                      "psnr": ev["mean"].get("psnr"), base: ev["mean"][f"{base}_psnr_to_teacher"]})
         print(json.dumps(rows[-1]), flush=True)
     # the proxy: each architecture's distillation loss in search seed 0's supernet, fixed to it, on its selection crops
-    from safetensors.torch import load_file
-
     import yaml
+    from safetensors.torch import load_file
 
     cfg0 = yaml.safe_load((out / "search-0" / "config.yaml").read_text())
     teacher = load_teacher(a.teacher)

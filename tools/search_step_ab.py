@@ -32,8 +32,8 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    from agd.commands.search import make_loss
     from agd.cost import count_macs
+    from agd.distill.settings import make_loss
     from agd.runs import RunDir
     from agd.search import Search, get_search_config, macs_budget
     from agd.search import data as D

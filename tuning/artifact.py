@@ -14,27 +14,30 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from agd.io import AgdError, atomic_write_json, load_checkpoint, unwrap_state_dict
+from agd.arch import Genotype, derive
+from agd.io import AgdError, atomic_write_json, load_checkpoint, sha256_file, unwrap_state_dict
+from agd.machine import require_precision
 from agd.metrics.image_quality import output_psnr
+from agd.timing import interleaved_times_ms
+from agd.tuning import DEFAULT_TRIALS  # noqa: F401  (re-exported beside CompileConfig: agd compile's default budget)
 from agd.tuning.build import build, export_library
+from agd.tuning.calibration import input_range
 from agd.tuning.export import genotype_layer_names, to_relax
+from agd.tuning.int8 import compile_int8
+from agd.tuning.measure import CompiledModel, TimingConfig, rpc_runner, rpc_session
 from agd.tuning.rewrite import REWRITES
-from agd.tuning.measure import CompiledModel, TimingConfig, rpc_session
-from agd.tuning.targets import TargetSpec
+from agd.tuning.targets import TargetSpec, resolve_target
 from agd.tuning.tune import TuneConfig, database_digest, database_records, tune
+from agd.tuning.tvm_env import tvm
 
 MANIFEST = "agd-tvm-artifact"
-# ``agd compile``'s default trial budget: about 0.7 s a trial on 2 cores (2000 trials tuned the translation
-# example in 1414 s), so with export, build, check and timing a first compile ends within 10 minutes, and a
-# second one that finds the database filled spends no trials (BENCHMARKS.md, issue 19)
-DEFAULT_TRIALS = 512
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,6 @@ class CompileConfig:
 
 def load_generator(genotype: Any, weights: Path | None, seed: int = 0) -> torch.nn.Module:
     """The derived generator with the given weights (strict) or a seeded random init."""
-    from agd.space import derive
-
     torch.manual_seed(seed)
     model = derive(genotype).eval()
     if weights is not None:
@@ -87,8 +88,6 @@ def device_for(spec: TargetSpec, what: str) -> Any:
 def compile_model(model: torch.nn.Module, spec: TargetSpec, input_shape: tuple[int, ...], config: CompileConfig,
                   layer_names: dict[str, str] | None = None) -> dict[str, Any]:
     """Convert, optionally tune, build, check against PyTorch and time ``model``; returns the pieces (no files)."""
-    from agd.machine import require_precision
-
     require_precision(config.precision)
     gen = torch.Generator().manual_seed(config.seed)
     lo, hi = config.input_range
@@ -105,11 +104,7 @@ def compile_model(model: torch.nn.Module, spec: TargetSpec, input_shape: tuple[i
     if config.trials > 0:
         if config.database is None:
             raise AgdError("tuning (--trials > 0) needs a database folder")
-        runner = None
-        if spec.rpc is not None:
-            from agd.tuning.measure import rpc_runner
-
-            runner = rpc_runner(spec)
+        runner = rpc_runner(spec) if spec.rpc is not None else None
         report = tune(prog.mod, spec, config.database, TuneConfig(**{**asdict(config.tune), "trials": config.trials}),
                       runner=runner)
     use_db = config.database is not None and database_records(config.database) > 0
@@ -143,8 +138,6 @@ def _vs_eager(model: torch.nn.Module, cm: CompiledModel, x: torch.Tensor, spec: 
     if spec.tvm_target.get("kind") != "llvm":
         return {"compared": False, "why": f"target {spec.name}: `agd latency measure --target {spec.name}` times "
                                           "eager PyTorch on that device beside TVM"}
-    from agd.timing import interleaved_times_ms
-
     def eager() -> None:
         with torch.no_grad():
             model(x)
@@ -193,8 +186,6 @@ def _compile_int8(model: torch.nn.Module, spec: TargetSpec, x: torch.Tensor, con
     if not config.calibration:
         raise AgdError("--precision int8: no calibration images (give --calibration DIR, or 'builtin' for agd's "
                        "built-in training samples)")
-    from agd.tuning.int8 import compile_int8
-
     # x86: VNNI kernels for this machine; aarch64 (an rpc:// device): sdot kernels, fixed schedule, run there
     b = compile_int8(model, x, list(config.calibration), spec, database=config.database, trials=config.trials)
     cm = b.run
@@ -218,24 +209,16 @@ def _compile_int8(model: torch.nn.Module, spec: TargetSpec, x: torch.Tensor, con
 def compile_genotype(genotype_path: Path, spec: TargetSpec, output: Path, config: CompileConfig,
                      weights: Path | None = None) -> dict[str, Any]:
     """``agd compile``: build, check and time a derived generator, then write its artifact folder."""
-    from agd.space import Genotype
-
     g = Genotype.load(genotype_path)
     model = load_generator(g, weights, config.seed)
     h, w = config.size or g.config.reference_size
     shape = (config.batch, g.config.in_ch, h, w)
-    from dataclasses import replace
-
-    from agd.tuning.calibration import input_range
-
     config = replace(config, input_range=input_range(g.config.scale))
     res = compile_model(model, spec, shape, config, genotype_layer_names(g))
-    import tvm
-
     manifest = {
         "format": MANIFEST, "version": 1,
         "genotype": g.to_dict(),
-        "weights": {"path": str(weights), "sha256": _sha(weights)} if weights is not None
+        "weights": {"path": str(weights), "sha256": sha256_file(weights)} if weights is not None
         else {"path": None, "note": f"no weights given: seeded random init (torch.manual_seed({config.seed})), "
                                     "for latency work only"},
         "target": {"name": spec.name, "tvm_target": res.get("built_target", spec.tvm_target), "host": spec.host,
@@ -260,16 +243,8 @@ def compile_genotype(genotype_path: Path, spec: TargetSpec, output: Path, config
     return manifest
 
 
-def _sha(p: Path) -> str:
-    from agd.io import sha256_file
-
-    return sha256_file(p)
-
-
 def _write_artifact(output: Path, ex: Any, params: list[Any], spec: TargetSpec, manifest: dict[str, Any]) -> None:
     """Write into a temporary sibling folder, then move it into place (replacing an older artifact)."""
-    import tvm
-
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
@@ -289,8 +264,6 @@ def _write_artifact(output: Path, ex: Any, params: list[Any], spec: TargetSpec, 
 
 def load_artifact(path: Path) -> tuple[dict[str, Any], Any]:
     """(manifest, a callable numpy → numpy) for an artifact built for this machine."""
-    import tvm
-
     path = Path(path)
     mf = path / "manifest.json"
     if not mf.is_file():
@@ -301,8 +274,6 @@ def load_artifact(path: Path) -> tuple[dict[str, Any], Any]:
     lib = tvm.runtime.load_module(str(path / "model.so"))
     pd = tvm.runtime.load_param_dict((path / "params.bin").read_bytes())
     params = [pd[f"p{i}"] for i in range(len(pd))]
-    from agd.tuning.targets import resolve_target
-
     spec = resolve_target(manifest["target"]["name"]) if manifest["target"]["name"] in ("x86", "cuda") else None
     if spec is None:
         raise AgdError(f"artifact {path}: built for {manifest['target']['name']}; load it on that device")

@@ -3,17 +3,17 @@ default pipeline applies for GPU targets) and tuned builds from a MetaSchedule d
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 from agd.io import AgdError
 from agd.tuning.targets import TargetSpec
+from agd.tuning.tvm_env import cc, relax, transform, tvm
 
 
 def tvm_target(spec: TargetSpec):
     """The ``tvm.target.Target`` of a spec; AgdError explaining the valid forms if TVM rejects it."""
-    import tvm
-
     try:
         if spec.host is not None:
             return tvm.target.Target(spec.tvm_target, host=spec.host)
@@ -28,8 +28,6 @@ def tvm_target(spec: TargetSpec):
 def fused_module(mod: Any, target: Any) -> Any:
     """The module as MetaSchedule sees it: decomposed for inference, legalized and fused (the first half
     of TVM's ``static_shape_tuning`` pipeline)."""
-    from tvm import relax, transform
-
     with target:
         return transform.Sequential([
             relax.transform.DecomposeOpsForInference(),
@@ -41,9 +39,6 @@ def fused_module(mod: Any, target: Any) -> Any:
 def build(mod: Any, spec: TargetSpec, database_dir: str | Path | None = None) -> Any:
     """Compile a Relax module for ``spec``: with the tuned schedules of ``database_dir`` when given
     (workloads without a record keep the default schedule), else untuned."""
-    import tvm
-    from tvm import relax
-
     target = tvm_target(spec)
     try:
         if database_dir is None:
@@ -63,10 +58,6 @@ def export_library(ex: Any, spec: TargetSpec, path: str | Path) -> Path:
     """Write the compiled library, cross-compiling for a foreign architecture."""
     path = Path(path)
     if spec.cross_compiler is not None:
-        import shutil
-
-        from tvm.support import cc
-
         if shutil.which(spec.cross_compiler) is None:
             raise AgdError(f"target {spec.name}: cross compiler {spec.cross_compiler} not found "
                            "(apt-get install g++-aarch64-linux-gnu)")

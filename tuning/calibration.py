@@ -1,7 +1,7 @@
 """Network inputs for low-precision builds: calibration crops and held-out crops for the quality check.
 
 A derived translation network maps [-1, 1] images to [-1, 1]; a derived SR network maps [0, 1]
-low-resolution images to [0, 1] (``agd.student.image_forward``): :func:`input_range` says which.
+low-resolution images to [0, 1] (``agd.arch.student.image_forward``): :func:`input_range` says which.
 Calibration crops come from the training side (a folder of the user's images, or agd's built-in samples
 less :data:`agd.data.samples.HELD_OUT`, the images ``agd compress`` trains on), the quality check's from
 the held-out side (the built-in held-out samples, or a folder given for it), so a build is never judged

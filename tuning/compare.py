@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import io
-import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -18,9 +17,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from agd.backends import exact_float32
+from agd.io import AgdError
+from agd.machine import PRECISIONS, precision_reason
 from agd.metrics.image_quality import output_psnr
-from agd.timing import wall_times_ms
+from agd.numerics import exact_float32
+from agd.timing import wall_summary
+from agd.tuning.build import build
+from agd.tuning.export import to_relax
+from agd.tuning.int8 import compile_int8
+from agd.tuning.lowp_peers import onnxruntime_modules, ort_int8, pt2e_int8, torch_bf16
+from agd.tuning.measure import CompiledModel
+from agd.tuning.tune import TuneConfig, database_records, tune
 
 BACKENDS = ("eager", "torch.compile", "onnxruntime", "tvm-untuned", "tvm-tuned")
 # every backend of each precision, in table order; a precision's backends are what a user deploying at that
@@ -36,12 +43,8 @@ ALL_BACKENDS = tuple(b for bs in PRECISION_BACKENDS.values() for b in bs)
 
 def backends_for(precisions: tuple[str, ...]) -> tuple[str, ...]:
     """The backends of these precisions, in table order (fp32's always first: the reference rows)."""
-    from agd.machine import PRECISIONS
-
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
-        from agd.io import AgdError
-
         raise AgdError(f"--precision {bad[0]!r}: expected one of {', '.join(PRECISIONS)}")
     return tuple(b for p in PRECISIONS if p in precisions for b in PRECISION_BACKENDS[p])
 
@@ -60,14 +63,9 @@ class CompareConfig:
     data_range: float = 2.0  # the outputs' peak-to-peak range for PSNR (translation [-1, 1]: 2; SR [0, 1]: 1)
 
 
-def _time(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
-    ts = wall_times_ms(fn, repeats, warmup)
-    return {"median_ms": statistics.median(ts), "min_ms": min(ts), "repeats": repeats}
-
-
-def _ort_session(model: torch.nn.Module, x: torch.Tensor, threads: int | None, provider: str = "CPUExecutionProvider"):
-    import onnxruntime as ort
-
+def ort_session(model: torch.nn.Module, x: torch.Tensor, threads: int | None, provider: str = "CPUExecutionProvider"):
+    """An ONNX Runtime session of ``model`` exported at ``x`` (TorchScript exporter, opset 17, ORT_ENABLE_ALL)."""
+    ort, _ = onnxruntime_modules()
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -96,8 +94,6 @@ def compare(model: torch.nn.Module, x: torch.Tensor, spec: Any, config: CompareC
             progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """One row per backend: ``{"backend", "ok", "median_ms", "min_ms", "max_abs_error", "note"}``.
     The generator runs where the target's code runs (:func:`device_of`): the CPU, or this machine's GPU."""
-    from agd.io import AgdError
-
     device = device_of(spec)
     if device == "cuda" and not torch.cuda.is_available():
         raise AgdError(f"target {spec.name}: no CUDA device visible to torch {torch.__version__} on this machine "
@@ -126,7 +122,7 @@ def compare(model: torch.nn.Module, x: torch.Tensor, spec: Any, config: CompareC
             out = np.asarray(run(), dtype=np.float64)
             err = float(np.abs(out - ref).max())
             rows.append({"backend": name, "precision": precision, "ok": True,
-                         **_time(timed or run, config.repeats, config.warmup), "max_abs_error": err,
+                         **wall_summary(timed or run, config.repeats, config.warmup).to_dict(), "max_abs_error": err,
                          "psnr_to_fp32_db": output_psnr(out, ref, config.data_range), "setup_s": setup_s, "note": note})
         if progress:
             r = rows[-1]
@@ -143,8 +139,6 @@ def compare(model: torch.nn.Module, x: torch.Tensor, spec: Any, config: CompareC
             sync()
             return y
         return run, timed
-
-    from agd.machine import precision_reason
 
     def peer_rows(name: str, peer: tuple[Callable[[torch.Tensor], torch.Tensor], str], t0: float) -> None:
         fn, note = peer
@@ -165,24 +159,15 @@ def compare(model: torch.nn.Module, x: torch.Tensor, spec: Any, config: CompareC
             continue
         try:
             if name in ("eager-bf16", "torch.compile-bf16"):
-                from agd.tuning.lowp_peers import torch_bf16
-
                 peer_rows(name, torch_bf16(model, x, compiled=name == "torch.compile-bf16"), t0)
             elif name == "tvm-bf16":
                 add(name, None, "TVM 0.27 has no tensor intrinsic for AVX512-BF16 (vdpbf16ps) or AMX-BF16: a bf16 "
                                 "build converts to fp32 to multiply, so agd builds fp32 and int8 only")
             elif name == "pt2e-int8":
-                from agd.tuning.lowp_peers import pt2e_int8
-
                 peer_rows(name, pt2e_int8(model, x, list(config.calibration)), t0)
             elif name == "onnxruntime-int8":
-                from agd.tuning.lowp_peers import ort_int8
-
                 peer_rows(name, ort_int8(model, x, list(config.calibration), config.threads), t0)
             elif name in ("tvm-int8", "tvm-int8-tuned"):
-                from agd.tuning.int8 import compile_int8
-                from agd.tuning.measure import CompiledModel
-
                 tuned = name == "tvm-int8-tuned"
                 if tuned and (config.database is None or config.trials <= 0):
                     add(name, None, "needs --trials > 0 and a database (tvm-int8 is the untuned, fixed VNNI schedule)")
@@ -203,22 +188,16 @@ def compare(model: torch.nn.Module, x: torch.Tensor, spec: Any, config: CompareC
                 note = ", ".join(n for n in ("inductor, default mode", _torch_note(device)) if n)
                 add(name, run, note, time.perf_counter() - t0, timed=timed)
             elif name == "onnxruntime":
-                import onnxruntime as ort
-
+                ort, _ = onnxruntime_modules()
                 provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
                 if provider not in ort.get_available_providers():
                     add(name, None, f"onnxruntime {ort.__version__} has no {provider} here")
                     continue
-                sess = _ort_session(model, x, config.threads, provider)
+                sess = ort_session(model, x, config.threads, provider)
                 copies = " (host input and output: copies timed)" if device == "cuda" else ""
                 add(name, lambda: sess.run(None, {"x": xn})[0],
                     f"onnxruntime {ort.__version__}, {provider}, ORT_ENABLE_ALL{copies}", time.perf_counter() - t0)
             elif name in ("tvm-untuned", "tvm-tuned"):
-                from agd.tuning.build import build
-                from agd.tuning.export import to_relax
-                from agd.tuning.measure import CompiledModel
-                from agd.tuning.tune import TuneConfig, database_records, tune
-
                 prog = to_relax(model, x)
                 note = ""
                 db = None

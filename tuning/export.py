@@ -9,7 +9,7 @@ reference output is the original model's.
 from __future__ import annotations
 
 import warnings
-
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from agd.io import AgdError
+from agd.tuning.rewrite import for_tvm
+from agd.tuning.tvm_env import ExportedProgramImporter, from_exported_program, relax
 
 
 @dataclass
@@ -60,8 +62,6 @@ def _layer_of(node: torch.fx.Node, layer_names: dict[str, str] | None) -> str:
 
 def unsupported_ops(ep: torch.export.ExportedProgram, layer_names: dict[str, str] | None = None) -> list[str]:
     """``"aten op in layer L"`` for every call the TVM PyTorch frontend has no converter for."""
-    from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
-
     known = ExportedProgramImporter().create_convert_map()
     found: dict[str, str] = {}
     for node in ep.graph_module.graph.nodes:
@@ -72,16 +72,14 @@ def unsupported_ops(ep: torch.export.ExportedProgram, layer_names: dict[str, str
     return list(found.values())
 
 
-def to_relax(model: nn.Module, example: torch.Tensor, layer_names: dict[str, str] | None = None) -> RelaxProgram:
-    """Export ``model`` at the example's shape and convert it to Relax with its parameters detached.
+def to_relax(model: nn.Module, example: torch.Tensor, layer_names: dict[str, str] | None = None,
+             rewrite: Callable[[nn.Module], nn.Module] = for_tvm) -> RelaxProgram:
+    """Export ``rewrite(model)`` at the example's shape and convert it to Relax with its parameters detached
+    (the reference output shape is the original model's).
 
-    ``layer_names`` maps module paths (``layers.3``) to names used in error messages (``layer1``)."""
-    from tvm import relax
-    from tvm.relax.frontend.torch import from_exported_program
-
-    from agd.tuning.rewrite import for_tvm
-
-    ep = export_program(for_tvm(model), example)
+    ``layer_names`` maps module paths (``layers.3``) to names used in error messages (``layer1``);
+    ``rewrite``: the graph rewrites applied before export (:func:`agd.tuning.int8.for_int8` for int8)."""
+    ep = export_program(rewrite(model), example)
     bad = unsupported_ops(ep, layer_names)
     if bad:
         raise AgdError(f"TVM cannot convert operator {'; '.join(bad)} (see TOOLCHAIN.md: export coverage)")

@@ -50,7 +50,8 @@ from __future__ import annotations
 
 import re
 import subprocess
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -58,7 +59,27 @@ import numpy as np
 import torch
 from torch import nn
 
+from agd import machine
+from agd.data.samples import sample_images
 from agd.io import AgdError
+from agd.tuning.build import fused_module, tvm_target
+from agd.tuning.export import RelaxProgram, to_relax
+from agd.tuning.measure import CompiledModel, rpc_session
+from agd.tuning.rewrite import SPACE_TO_DEPTH, SUBPIXEL, replace_modules
+from agd.tuning.tune import TuneConfig, import_tensor_intrinsics, tune
+from agd.tuning.tvm_env import (
+    PyExprMutator,
+    T,
+    TensorIntrin,
+    extract_tasks,
+    mutator,
+    relax,
+    s_tir,
+    te,
+    tirx,
+    transform,
+    tvm,
+)
 
 INTRIN_NAME = "agd_dot_16x4_u8s8i32_vpdpbusd"
 SDOT_INTRIN_NAME = "agd_dot_16x4_s8s8i32_sdot"
@@ -174,65 +195,36 @@ def calibrate(model: nn.Module, images: Iterable[torch.Tensor] | torch.Tensor, m
 def for_int8(model: nn.Module) -> nn.Module:
     """:func:`agd.tuning.rewrite.for_tvm` without the Winograd rewrite (its transforms need float: the int8
     path wants every convolution direct). Sub-pixel and space-to-depth forms each stay one ``conv2d``."""
-    import copy
-
-    from agd.tuning import rewrite as rw
-
-    def repl(m: nn.Module):
-        if rw.subpixel_reason(m) is None:
-            return rw.SubPixelConvTranspose2d
-        if rw.space_to_depth_reason(m) is None:
-            return rw.SpaceToDepthConv2d
-        return None
-
-    if not any(repl(m) is not None for m in model.modules()):
-        return model
-    if repl(model) is not None:
-        return repl(model)(model).eval()
-    out = copy.deepcopy(model).eval()
-
-    def swap(parent: nn.Module) -> None:
-        for name, child in parent.named_children():
-            cls = repl(child)
-            if cls is not None:
-                setattr(parent, name, cls(child))
-            else:
-                swap(child)
-
-    swap(out)
-    return out
+    return replace_modules(model, (SUBPIXEL, SPACE_TO_DEPTH))
 
 
-def to_relax_int8(model: nn.Module, example: torch.Tensor) -> Any:
-    """Like :func:`agd.tuning.export.to_relax` but every convolution stays a direct ``conv2d``
-    (:func:`for_int8`). Returns an :class:`agd.tuning.export.RelaxProgram`."""
-    from tvm import relax
-    from tvm.relax.frontend.torch import from_exported_program
-
-    from agd.tuning.export import RelaxProgram, export_program, unsupported_ops
-
-    ep = export_program(for_int8(model), example)
-    bad = unsupported_ops(ep)
-    if bad:
-        raise AgdError(f"TVM cannot convert operator {'; '.join(bad)}")
-    with torch.no_grad():
-        out = model.eval()(example)
-    mod = from_exported_program(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True)
-    mod, params = relax.frontend.detach_params(mod)
-    return RelaxProgram(mod, list(params.get("main", [])), tuple(example.shape), tuple(out.shape))
+def to_relax_int8(model: nn.Module, example: torch.Tensor) -> RelaxProgram:
+    """:func:`agd.tuning.export.to_relax` with every convolution a direct ``conv2d`` (:func:`for_int8`)."""
+    return to_relax(model.eval(), example, rewrite=for_int8)
 
 
 # ------------------------------------------------------------------------------------ VNNI tensor intrinsic
 
-def _intrin_funcs() -> tuple[Any, Any]:
-    """(description, implementation) of a 16 x 4 u8 x s8 → i32 dot-product tile: ``c[o] += sum_i a[i] b[o, i]``.
-    The implementation is one ``vpdpbusd`` (512-bit): ``a``'s 4 bytes broadcast to all 16 lanes, ``b`` the
-    64 contiguous weight bytes; LLVM 22 types both byte operands ``<64 x i8>``."""
-    from tvm.script import tirx as T
+# per scheme: (activation byte type, LLVM intrinsic, int32 lanes it accumulates, calls per 16 x 4 tile)
+_TILE_INSTRUCTIONS = {"vnni": ("uint8", "llvm.x86.avx512.vpdpbusd.512", 16, 1),
+                      "sdot": ("int8", "llvm.aarch64.neon.sdot", 4, 4)}
+
+
+def _intrin_funcs(scheme: str = "vnni") -> tuple[Any, Any]:
+    """(description, implementation) of a 16 x 4 dot-product tile: ``c[o] += sum_i a[i] b[o, i]``, ``b`` int8,
+    ``c`` int32, ``a`` uint8 (``"vnni"``) or int8 (``"sdot"``); ``a``'s 4 bytes are broadcast to every lane
+    and ``b``'s bytes read contiguously. ``"vnni"``: one 512-bit ``vpdpbusd`` (LLVM 22 types both byte
+    operands ``<64 x i8>``); ``"sdot"``: four ``llvm.aarch64.neon.sdot`` (``<4 x i32>`` accumulators,
+    ``<16 x i8>`` operands), one per row of 4 x 4 bytes of ``b``."""
+    a_dtype, llvm_intrinsic, lanes, calls = _TILE_INSTRUCTIONS[scheme]
+    word_t, acc_t, bytes_t = f"{a_dtype}x4", f"int32x{lanes}", f"int8x{4 * lanes}"
+    # the tile's buffers, the same for both functions (TVMScript takes them as annotations)
+    a_t = T.Buffer((4,), a_dtype, offset_factor=1)
+    b_t = T.Buffer((16, 4), "int8", offset_factor=1)
+    c_t = T.Buffer((16,), "int32", offset_factor=1)
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
-             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    def desc(a: a_t, b: b_t, c: c_t) -> None:
         with T.sblock("root"):
             T.reads(c[0:16], a[0:4], b[0:16, 0:4])
             T.writes(c[0:16])
@@ -242,53 +234,18 @@ def _intrin_funcs() -> tuple[Any, Any]:
                     c[vo] = c[vo] + T.cast(a[vi], "int32") * T.cast(b[vo, vi], "int32")
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
-             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    def impl(a: a_t, b: b_t, c: c_t) -> None:
         with T.sblock("root"):
             T.reads(c[0:16], a[0:4], b[0:16, 0:4])
             T.writes(c[0:16])
-            word = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
-            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                c.vload([0], dtype="int32x16"),
-                T.reinterpret(T.broadcast(word, 16), dtype="int8x64"),
-                b.vload([0, 0], dtype="int8x64"),
-                dtype="int32x16")
-
-    return desc, impl
-
-
-def _sdot_intrin_funcs() -> tuple[Any, Any]:
-    """(description, implementation) of the same 16 x 4 tile for aarch64, ``a`` signed: four
-    ``llvm.aarch64.neon.sdot`` (``<4 x i32>`` accumulators, ``<16 x i8>`` operands), ``a``'s 4 bytes
-    broadcast to the 4 lanes, ``b``'s 16 x 4 bytes in four rows of 4 x 4."""
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((4,), "int8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
-             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-            T.writes(c[0:16])
-            for o, i in T.grid(16, 4):
-                with T.sblock("update"):
-                    vo, vi = T.axis.remap("SR", [o, i])
-                    c[vo] = c[vo] + T.cast(a[vi], "int32") * T.cast(b[vo, vi], "int32")
-
-    @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((4,), "int8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
-             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-            T.writes(c[0:16])
-            word = T.reinterpret(a.vload([0], "int8x4"), dtype="int32")
-            for j in T.unroll(4):
-                c[T.ramp(j * 4, 1, 4)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot"),
-                    c.vload([j * 4], dtype="int32x4"),
-                    T.reinterpret(T.broadcast(word, 4), dtype="int8x16"),
-                    b.vload([j * 4, 0], dtype="int8x16"),
-                    dtype="int32x4")
+            word = T.reinterpret(a.vload([0], word_t), dtype="int32")
+            for j in T.unroll(calls):
+                c[T.ramp(j * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm_intrinsic),
+                    c.vload([j * lanes], dtype=acc_t),
+                    T.reinterpret(T.broadcast(word, lanes), dtype=bytes_t),
+                    b.vload([j * lanes, 0], dtype=bytes_t),
+                    dtype=acc_t)
 
     return desc, impl
 
@@ -300,15 +257,11 @@ def register_vnni_intrinsic(override_tvm: bool = False) -> str:
     """Register agd's VNNI intrinsic (:data:`INTRIN_NAME`); with ``override_tvm`` also over TVM's
     ``dot_16x4_vnni`` (importing ``tvm.s_tir.tensor_intrin`` first, which registers the broken one), so
     that MetaSchedule's x86 VNNI rule and the replay of its records produce code LLVM accepts. Idempotent."""
-    from tvm.s_tir import TensorIntrin
-
     desc, impl = _intrin_funcs()
     if INTRIN_NAME not in _REGISTERED:
         TensorIntrin.register(INTRIN_NAME, desc, impl, override=True)
         _REGISTERED.add(INTRIN_NAME)
     if override_tvm and TVM_VNNI_INTRIN not in _REGISTERED:
-        from agd.tuning.tune import import_tensor_intrinsics
-
         import_tensor_intrinsics()
         TensorIntrin.register(TVM_VNNI_INTRIN, desc, impl, override=True)
         _REGISTERED.add(TVM_VNNI_INTRIN)
@@ -317,10 +270,8 @@ def register_vnni_intrinsic(override_tvm: bool = False) -> str:
 
 def register_sdot_intrinsic() -> str:
     """Register agd's aarch64 ``sdot`` tile (:data:`SDOT_INTRIN_NAME`). Idempotent."""
-    from tvm.s_tir import TensorIntrin
-
     if SDOT_INTRIN_NAME not in _REGISTERED:
-        TensorIntrin.register(SDOT_INTRIN_NAME, *_sdot_intrin_funcs(), override=True)
+        TensorIntrin.register(SDOT_INTRIN_NAME, *_intrin_funcs("sdot"), override=True)
         _REGISTERED.add(SDOT_INTRIN_NAME)
     return SDOT_INTRIN_NAME
 
@@ -339,8 +290,6 @@ def te_quantize_pack(x: Any, scale: float, zp: int, pad: tuple[int, int, int, in
                      signed: bool = False) -> Any:
     """float NCHW → uint8 N C/4 H W 4c, spatially padded (top, left, bottom, right) with the zero point;
     ``signed``: the same codes minus 128, as int8 (the aarch64 ``sdot`` scheme)."""
-    from tvm import te, tirx
-
     n, c, h, w = (int(v) for v in x.shape)
     pt, pl, pb, pr = pad
     inv = 1.0 / scale
@@ -362,8 +311,6 @@ def te_quantize_pack(x: Any, scale: float, zp: int, pad: tuple[int, int, int, in
 
 def te_conv_u8s8(data: Any, wgt: Any, stride: tuple[int, int]) -> Any:
     """int32 N O/16 OH OW 16o = conv(uint8 (or int8) N C/4 H W 4c, int8 O/16 C/4 KH KW 16o 4i), no padding."""
-    from tvm import te
-
     n, cb, h, w, _ = (int(v) for v in data.shape)
     ob, _, kh, kw, _, _ = (int(v) for v in wgt.shape)
     sh, sw = stride
@@ -382,8 +329,6 @@ def te_conv_u8s8(data: Any, wgt: Any, stride: tuple[int, int]) -> Any:
 
 def te_dequantize_unpack(acc: Any, mult: Any, comp: Any, channels: int) -> Any:
     """float32 NCHW ``(acc - comp[o]) * mult[o]`` of int32 N O/16 H W 16o (first ``channels`` channels)."""
-    from tvm import te
-
     n, _, h, w, _ = (int(v) for v in acc.shape)
     return te.compute((n, channels, h, w), lambda b, o, y, x: (
         acc[b, o // OC_BLOCK, y, x, o % OC_BLOCK] - comp[o]).astype("float32") * mult[o], name="dequantize")
@@ -400,8 +345,6 @@ def schedule_conv_vnni(func: Any, scheme: str = "vnni") -> Any:
     """A fixed VNNI schedule of a :func:`te_conv_u8s8` PrimFunc: per (batch, output block, row) in parallel,
     output columns tiled by up to 16, the reduction over input blocks and taps outside, the 16o x 4i tile
     tensorized with :data:`INTRIN_NAME` (``scheme="sdot"``: with :data:`SDOT_INTRIN_NAME`)."""
-    from tvm import s_tir
-
     intrin = register_sdot_intrinsic() if scheme == "sdot" else register_vnni_intrinsic()
     sch = s_tir.Schedule(func)
     blk = sch.get_sblock("conv_u8s8")
@@ -438,10 +381,6 @@ def quantize_program(program: Any, ranges: list[ActRange], schedule: str | None 
     MetaSchedule. ``scheme``: ``"vnni"`` (u8 activations) or ``"sdot"`` (s8 activations, aarch64; fixed
     schedule only). Returns (module, per-convolution report). ``main``'s signature and ``program.params``
     are unchanged (the packed int8 weights are constants of the module)."""
-    import tvm
-    from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
-
     if schedule not in ("vnni", None):
         raise AgdError(f"schedule {schedule!r}: expected 'vnni' or None")
     if scheme not in SCHEMES:
@@ -508,8 +447,6 @@ def quantize_program(program: Any, ranges: list[ActRange], schedule: str | None 
             wc = relax.const(wpacked, "int8")
             stride = (int(a.strides[0]), int(a.strides[1]))
             if schedule == "vnni":
-                from tvm import te
-
                 dph = te.placeholder([int(v) for v in q.ty.shape], "int8" if signed else "uint8", name="data")
                 wph = te.placeholder(list(wpacked.shape), "int8", name="wgt")
                 out = te_conv_u8s8(dph, wph, stride)
@@ -536,8 +473,6 @@ def schedule_injective(func: Any, cores: int) -> Any | None:
     dequantize / bias / activation epilogues), every block but the last inlined; None if it has a
     reduction or cannot be scheduled so. TVM's default CPU schedule of these is one thread, scalar: on
     the 128-channel 64 x 64 convolution the quantize-pack alone took 2 ms against the convolution's 1.2."""
-    from tvm import s_tir
-
     sch = s_tir.Schedule(func)
     try:
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
@@ -583,11 +518,6 @@ def build_int8(mod: Any, spec: Any, database_dir: str | Path | None = None) -> A
     first: the tensorized records replay it); functions without a record keep TVM's defaults (instance
     norms) or the :func:`schedule_conv_vnni` schedule. MetaSchedule gave the elementwise tasks a single
     trial and marked them done (design space exhausted) at 0.5-2 ms each, hence the fixed schedule."""
-    import tvm
-    from tvm import tirx
-
-    from agd.tuning.build import fused_module, tvm_target
-
     register_vnni_intrinsic(override_tvm=database_dir is not None)
     target = tvm_target(spec)
     fused = fused_module(mod, target)
@@ -603,9 +533,7 @@ def build_int8(mod: Any, spec: Any, database_dir: str | Path | None = None) -> A
             fused[gv] = done
     try:
         if database_dir is not None:
-            from tvm import relax
-
-            with target, tvm.transform.PassContext(opt_level=3):
+            with target, transform.PassContext(opt_level=3):
                 fused = relax.transform.MetaScheduleApplyDatabase(str(database_dir))(fused)
         return tvm.compile(fused, target=target)
     except Exception as e:
@@ -617,8 +545,6 @@ def tune_int8(mod: Any, spec: Any, work_dir: str | Path, config: Any = None) -> 
     """:func:`agd.tuning.tune.tune` of an unscheduled int8 module (``quantize_program(..., schedule=None)``)
     with TVM's ``dot_16x4_vnni`` replaced by the working implementation, so MetaSchedule's VNNI rule
     (chosen for targets whose LLVM features include avx512vnni) produces buildable candidates."""
-    from agd.tuning.tune import TuneConfig, tune
-
     register_vnni_intrinsic(override_tvm=True)
     return tune(mod, spec, work_dir, config or TuneConfig())
 
@@ -668,8 +594,6 @@ SDOT_SCHEME = "int8 s8xs8 aarch64 sdot"
 
 def with_dotprod(spec: Any) -> Any:
     """An aarch64 target spec with ``+dotprod`` among its LLVM attributes (what ``sdot`` needs)."""
-    from dataclasses import replace
-
     mattr = list(spec.tvm_target.get("mattr", []))
     if "+dotprod" in mattr:
         return spec
@@ -720,9 +644,7 @@ class Int8Build:
 def vnni_reason() -> str | None:
     """Why this machine cannot run the int8 path (None: it can). The kernels are 512-bit ``vpdpbusd``:
     AVX512-VNNI specifically (AVX-VNNI, the 256-bit VEX form, or AMX alone are not enough)."""
-    from agd.machine import cpu
-
-    c = cpu()
+    c = machine.cpu()
     if c.has("avx512_vnni"):
         return None
     return (f"int8 needs AVX512-VNNI (512-bit vpdpbusd); this CPU ({c.model}) has "
@@ -741,10 +663,6 @@ def _describe_float(convs: list[QuantizedConv]) -> str:
 
 def _injective_names(mod: Any, spec: Any) -> tuple[list[str], list[str]]:
     """(task names :func:`build_int8` schedules itself, the others) of an unscheduled int8 module."""
-    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
-
-    from agd.tuning.build import fused_module, tvm_target
-
     target = tvm_target(spec)
     cores = int(spec.tvm_target.get("num-cores", 1))
     own, rest = [], []
@@ -770,10 +688,6 @@ def compile_int8(model: nn.Module, example: torch.Tensor, calibration: list[torc
     then built from its records. What stays float32: grouped / depthwise convolutions (a 9-tap
     per-channel reduction has no 4-byte dot products for ``vpdpbusd``; they are a few percent of the
     arithmetic), and anything :func:`quantize_program` reports. ``progress``: a callable taking a line."""
-    import time
-
-    from agd.tuning.measure import CompiledModel
-
     t0 = time.perf_counter()
     say = progress or (lambda _s: None)
     scheme = scheme_for(spec)
@@ -791,8 +705,6 @@ def compile_int8(model: nn.Module, example: torch.Tensor, calibration: list[torc
                            "(they use a fixed schedule); use --trials 0")
         spec = with_dotprod(spec)
         if spec.rpc is not None:
-            from agd.tuning.measure import rpc_session
-
             session = rpc_session(spec)
         elif spec.cross_compiler is not None:
             raise AgdError(f"int8 on target {spec.name}: built here for aarch64, it needs an aarch64 device to "
@@ -817,8 +729,6 @@ def compile_int8(model: nn.Module, example: torch.Tensor, calibration: list[torc
     say(f"int8: {n_q} of {len(convs)} convolutions int8")
     report = None
     if trials > 0:
-        from agd.tuning.tune import TuneConfig
-
         own, rest = _injective_names(mod, spec)
         say(f"int8: tuning {len(rest)} tasks ({len(own)} elementwise / norm tasks keep agd's schedules), {trials} trials")
         report = tune_int8(mod, spec, database, TuneConfig(trials=trials, task_filter=tuple(rest)))
@@ -840,11 +750,6 @@ def kernel_profile(ex: Any, params: list[Any], x: np.ndarray, repeats: int = 3) 
     first, from the Relax VM's instrumentation (a wall clock around every call; the CPU kernels are
     synchronous), the median over ``repeats`` forwards after one warm-up. Builtins (allocation, shape
     handling) are included under their names."""
-    import time
-
-    import tvm
-    from tvm import relax
-
     dev = tvm.cpu()
     vm = relax.VirtualMachine(ex, dev)
     inp = tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32), dev)
@@ -893,8 +798,6 @@ def schedule_channel_reduction(func: Any, cores: int) -> Any | None:
     vectorized. None if the function is not of that form. TVM's default schedule of these is one thread,
     scalar: on the translation student at 256 x 256 the instance norms took a third of the int8 build's
     time (33 of 91 ms) with it."""
-    from tvm import s_tir
-
     sch = s_tir.Schedule(func)
     try:
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
@@ -939,8 +842,6 @@ def sample_calibration(n: int, size: tuple[int, int], seed: int = 0,
     """``n`` calibration images: random ``size`` crops (1 x 3 x H x W, mapped to [-1, 1]) of agd's built-in
     sample photographs (:mod:`agd.data.samples`; those named in ``exclude`` left out), cycling over the
     samples large enough, one crop position per draw from ``seed``."""
-    from agd.data.samples import sample_images
-
     h, w = size
     imgs = [(name, im) for name, im in sample_images() if name not in exclude
             and im.shape[-2] >= h and im.shape[-1] >= w]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch._inductor.config as inductor_config
 
 Peer = tuple[Callable[[torch.Tensor], torch.Tensor], str]
 
@@ -106,11 +107,10 @@ def torch_bf16(model: torch.nn.Module, x: torch.Tensor, compiled: bool = False) 
 
 
 def _torchao_x86():
-    """torchao's PT2E pieces; ImportError naming torchao when it is missing. Importing torchao's x86
+    """torchao's PT2E pieces and version; ImportError naming torchao when it is missing. torchao is optional
+    (only this peer needs it), so this is the one place it is imported, on first use. Importing torchao's x86
     quantizer sets ``torch._inductor.config.pre_grad_custom_pass`` process-wide; that is undone here and the
     pass is set only while a quantized model compiles (see :func:`pt2e_int8`)."""
-    import torch._inductor.config as inductor_config
-
     before = inductor_config.pre_grad_custom_pass
     # the wheel's CUDA kernels (.so) do not load with a CPU torch (expected: the PT2E path needs none of them),
     # and torch's pytree warns about an Enum torchao registers; both are logged at import, silenced here
@@ -119,7 +119,7 @@ def _torchao_x86():
     for log in logs:
         log.setLevel(logging.ERROR)
     try:
-        import torchao  # noqa: F401
+        import torchao
         from torchao.quantization.pt2e.inductor_passes.x86 import quant_lift_up
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
@@ -132,7 +132,7 @@ def _torchao_x86():
         for log, level in zip(logs, levels):
             log.setLevel(level)
         inductor_config.pre_grad_custom_pass = before
-    return prepare_pt2e, convert_pt2e, xiq, quant_lift_up
+    return prepare_pt2e, convert_pt2e, xiq, quant_lift_up, torchao.__version__
 
 
 def _conv_subclasses_as_conv2d(gm: torch.fx.GraphModule, model: torch.nn.Module) -> int:
@@ -163,8 +163,6 @@ def _pt2e_compile_context(quant_lift_up):
     so that the dequantize -> conv -> quantize patterns become oneDNN int8 convolutions with prepacked
     weights; without it inductor runs dequantize + float32 convolutions) and torchao's pre-grad pass that
     lifts quantize ops above view-like ops."""
-    import torch._inductor.config as inductor_config
-
     return inductor_config.patch(freezing=True, pre_grad_custom_pass=quant_lift_up)
 
 
@@ -177,7 +175,7 @@ def pt2e_int8(model: torch.nn.Module, x: torch.Tensor, calibration: Sequence[tor
     int8 lowering needs it: ``freezing=False`` is there only to measure that)."""
     _check_x(x, "pt2e_int8")
     cal = _calibration(calibration, x, "pt2e_int8")
-    prepare_pt2e, convert_pt2e, xiq, quant_lift_up = _torchao_x86()
+    prepare_pt2e, convert_pt2e, xiq, quant_lift_up, torchao_version = _torchao_x86()
     m = copy.deepcopy(model).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -205,9 +203,7 @@ def pt2e_int8(model: torch.nn.Module, x: torch.Tensor, calibration: Sequence[tor
             return run(inp)
 
     n_float = sum(1 for n in converted.graph.nodes if n.op == "call_function" and "conv_transpose" in str(n.target))
-    import torchao
-
-    note = (f"PT2E static int8, torchao {torchao.__version__} X86InductorQuantizer default config (int8 weights "
+    note = (f"PT2E static int8, torchao {torchao_version} X86InductorQuantizer default config (int8 weights "
             f"symmetric per-channel, uint8 activations per-tensor, histogram observer, {len(cal)} calibration "
             f"inputs): {n_int8} int8 conv/linear layers"
             + (f", {n_float} ConvTranspose2d left float32 (the quantizer has no pattern for it)" if n_float else "")
@@ -253,12 +249,26 @@ class _Reader:
 
 
 def _onnx_bytes(model: torch.nn.Module, x: torch.Tensor) -> bytes:
-    """ONNX export as :func:`agd.tuning.compare._ort_session` does it (TorchScript exporter, opset 17)."""
+    """ONNX export as :func:`agd.tuning.compare.ort_session` does it (TorchScript exporter, opset 17)."""
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), buf, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
     return buf.getvalue()
+
+
+def onnxruntime_modules():
+    """(onnxruntime, onnxruntime.quantization); ImportError naming the missing package. onnx and onnxruntime
+    are optional (the ``deploy`` extra: the ONNX Runtime rows of comparisons, latency tables and this int8
+    peer), so this is the one place agd imports them, on first use."""
+    try:
+        import onnx  # noqa: F401  (quantize_static loads and rewrites the model with it)
+        import onnxruntime as ort
+        import onnxruntime.quantization as quantization
+    except ImportError as e:
+        raise ImportError(f"ONNX Runtime rows need onnx and onnxruntime (pip install onnx onnxruntime; missing: {e.name})",
+                          name=e.name) from None
+    return ort, quantization
 
 
 @contextlib.contextmanager
@@ -282,7 +292,7 @@ def _quiet_ort_quantization():
 
 def ort_int8(model: torch.nn.Module, x: torch.Tensor, calibration: Sequence[torch.Tensor], threads: int | None = None,
              *, calibrate_method: str = ORT_CALIBRATE_METHOD) -> Peer:
-    """ONNX Runtime static int8: the ONNX export of :func:`agd.tuning.compare._ort_session`, then
+    """ONNX Runtime static int8: the ONNX export of :func:`agd.tuning.compare.ort_session`, then
     ``onnxruntime.quantization.quantize_static`` in QDQ format with int8 weights symmetric per output
     channel and uint8 (asymmetric, per-tensor) activations calibrated on ``calibration`` (``MinMax`` or
     ``Percentile``); run by an InferenceSession on the CPU execution provider (ORT_ENABLE_ALL,
@@ -295,14 +305,8 @@ def ort_int8(model: torch.nn.Module, x: torch.Tensor, calibration: Sequence[torc
     activations measured no faster on the Zen 5 dev machine (translation example, 256x256, 2 threads)."""
     _check_x(x, "ort_int8")
     cal = _calibration(calibration, x, "ort_int8")
-    try:
-        import onnx  # noqa: F401  (quantize_static loads and rewrites the model with it)
-        import onnxruntime as ort
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    except ImportError as e:
-        raise ImportError(f"ort_int8 needs onnx and onnxruntime (pip install onnx onnxruntime; missing: {e.name})",
-                          name=e.name) from None
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
+    ort, oq = onnxruntime_modules()
+    methods = {"minmax": oq.CalibrationMethod.MinMax, "percentile": oq.CalibrationMethod.Percentile}
     if calibrate_method.lower() not in methods:
         raise ValueError(f"ort_int8: calibrate_method {calibrate_method!r} is not one of MinMax, Percentile")
     method = methods[calibrate_method.lower()]
@@ -312,15 +316,15 @@ def ort_int8(model: torch.nn.Module, x: torch.Tensor, calibration: Sequence[torc
         src.write_bytes(onnx_model)
         reader = _Reader([c.numpy() for c in cal], "x")
         with _quiet_ort_quantization():
-            quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=method,
-                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
-                                           # one calibration input per inference: the calibrator keeps every
-                                           # intermediate tensor of the inputs it runs together (the SR
-                                           # example at 256x256 needed > 24 GB for 8 inputs at once); the
-                                           # ranges (MinMax) or histograms (Percentile) merge across runs
-                                           "CalibStridedMinMax": 1})
+            oq.quantize_static(str(src), str(dst), reader, quant_format=oq.QuantFormat.QDQ, per_channel=True,
+                               reduce_range=False, activation_type=oq.QuantType.QUInt8,
+                               weight_type=oq.QuantType.QInt8, calibrate_method=method,
+                               extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                                              # one calibration input per inference: the calibrator keeps every
+                                              # intermediate tensor of the inputs it runs together (the SR
+                                              # example at 256x256 needed > 24 GB for 8 inputs at once); the
+                                              # ranges (MinMax) or histograms (Percentile) merge across runs
+                                              "CalibStridedMinMax": 1})
         quantized = dst.read_bytes()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

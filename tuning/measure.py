@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import socket
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +13,19 @@ from typing import Any, Callable
 import numpy as np
 
 from agd.io import AgdError
+from agd.timing import Summary
 from agd.tuning.build import export_library
 from agd.tuning.targets import TargetSpec
+from agd.tuning.tune import alloc_rpc_arguments
+
+
+def _tvm(*submodules: str) -> Any:
+    """The ``tvm`` package with ``submodules`` (e.g. "rpc.base") loaded. TVM is optional (the ``tvm`` extra),
+    so this module imports it here, on first use and nowhere else: importing agd.tuning works without it."""
+    tvm = importlib.import_module("tvm")
+    for name in submodules:
+        importlib.import_module(f"tvm.{name}")
+    return tvm
 
 
 @dataclass(frozen=True)
@@ -26,10 +39,7 @@ class TimingConfig:
 def check_reachable(host: str, port: int, timeout_s: float, what: str = "RPC tracker") -> None:
     """AgdError unless a TVM RPC tracker at host:port connects and answers its handshake within
     ``timeout_s`` (TVM's own client retries for 60 s and then blocks on the handshake without a timeout)."""
-    import struct
-
-    from tvm.rpc import base
-
+    base = _tvm("rpc.base").rpc.base
     hint = ("start it with `python -m tvm.exec.rpc_tracker --port PORT` and register devices with "
             "`python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY`")
     try:
@@ -48,8 +58,7 @@ def check_reachable(host: str, port: int, timeout_s: float, what: str = "RPC tra
 
 def rpc_session(spec: TargetSpec, timeout_s: float = 10.0, session_timeout_s: float = 600.0) -> Any:
     """A remote session on a device with the spec's key, through its tracker."""
-    from tvm import rpc
-
+    rpc = _tvm("rpc").rpc
     assert spec.rpc is not None
     host, port, key = spec.rpc
     check_reachable(host, port, timeout_s)
@@ -64,10 +73,7 @@ def rpc_session(spec: TargetSpec, timeout_s: float = 10.0, session_timeout_s: fl
 
 def rpc_runner(spec: TargetSpec, timeout_s: float = 10.0, runner_timeout_s: float = 10.0) -> Any:
     """A MetaSchedule runner that measures candidates on the spec's RPC device."""
-    from tvm.s_tir import meta_schedule as ms
-
-    from agd.tuning.tune import alloc_rpc_arguments
-
+    ms = _tvm("s_tir.meta_schedule").s_tir.meta_schedule
     assert spec.rpc is not None
     host, port, key = spec.rpc
     check_reachable(host, port, timeout_s)
@@ -81,9 +87,8 @@ class CompiledModel:
 
     def __init__(self, ex: Any, params: list[Any], spec: TargetSpec, session: Any = None,
                  device_kind: str | None = None) -> None:
-        import tvm
-        from tvm import relax
-
+        tvm = _tvm("relax", "runtime")
+        relax = tvm.relax
         self.spec = spec
         self.session = session
         kind = device_kind or ("cuda" if spec.tvm_target.get("kind") == "cuda" else "cpu")
@@ -103,16 +108,14 @@ class CompiledModel:
         self.params = [tvm.runtime.tensor(p.numpy(), self.dev) for p in params]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        import tvm
-
+        tvm = _tvm("runtime")
         out = self.vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32), self.dev), *self.params)
         return out.numpy()  # ``main`` returns the one output tensor (unwrap_unit_return_tuple)
 
     def bind(self, x: np.ndarray) -> Callable[[], None]:
         """A call on ``x`` uploaded once to the device, returning when the device has finished (what a
         wall-clock timing of the model alone should run; ``__call__`` also copies input and output)."""
-        import tvm
-
+        tvm = _tvm("runtime")
         inp = tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32), self.dev)
         main = self.vm["main"]
 
@@ -123,15 +126,14 @@ class CompiledModel:
         return run
 
     def time_ms(self, x: np.ndarray, cfg: TimingConfig = TimingConfig()) -> dict[str, float]:
-        """Median / min / mean milliseconds per call (``time_evaluator``, after warm-up runs)."""
-        import tvm
-
+        """Median / min / mean milliseconds per call and the count (:class:`agd.timing.Summary`), timed by
+        TVM's ``time_evaluator`` (the device's own timer: the RPC device's on a remote session; ``number``
+        calls averaged per repeat) after ``warmup`` untimed runs."""
+        tvm = _tvm("runtime")
         inp = tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32), self.dev)
         f = self.vm.time_evaluator("main", self.dev, number=cfg.number, repeat=cfg.repeat,
                                    min_repeat_ms=cfg.min_repeat_ms)
         for _ in range(cfg.warmup):
             self.vm["main"](inp, *self.params)
         res = f(inp, *self.params)
-        results = np.asarray(res.results) * 1e3
-        return {"median_ms": float(np.median(results)), "min_ms": float(results.min()),
-                "mean_ms": float(results.mean()), "repeats": len(results)}
+        return Summary.of([r * 1e3 for r in res.results]).to_dict()

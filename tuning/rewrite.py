@@ -47,6 +47,7 @@ the 128-channel body convolution is its two tile-gathering strided-slice stacks.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -265,29 +266,30 @@ def subpixel_reason(m: nn.Module) -> str | None:
     return None
 
 
-def _replacement(m: nn.Module) -> type[nn.Module] | None:
-    """The rewrite class that replaces ``m`` (None: it stays as it is)."""
-    for reason, cls in ((subpixel_reason, SubPixelConvTranspose2d), (space_to_depth_reason, SpaceToDepthConv2d),
-                        (winograd_reason, WinogradConv2d)):
-        if reason(m) is None:
-            return cls
-    return None
+# (why-not test, rewrite class) in the order they are tried; ``for_int8`` (agd.tuning.int8) uses the first two
+SUBPIXEL = (subpixel_reason, SubPixelConvTranspose2d)
+SPACE_TO_DEPTH = (space_to_depth_reason, SpaceToDepthConv2d)
+WINOGRAD = (winograd_reason, WinogradConv2d)
+Rewrite = tuple[Callable[[nn.Module], "str | None"], type[nn.Module]]
 
 
-def for_tvm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every transposed convolution as a sub-pixel convolution, every strided
-    convolution as a space-to-depth one and every wide 3 x 3 stride-1 one as a Winograd one (the original
-    is untouched; ``model`` itself when there is nothing to rewrite). The numerical check of the compiled
-    artifact still runs against the original."""
-    if not any(_replacement(m) is not None for m in model.modules()):
+def replace_modules(model: nn.Module, rewrites: tuple[Rewrite, ...]) -> nn.Module:
+    """A copy of ``model`` with every module that one of ``rewrites`` accepts (its test returns None)
+    replaced by that rewrite's class built from it, the first accepting one winning (the original is
+    untouched; ``model`` itself when there is nothing to rewrite)."""
+
+    def replacement(m: nn.Module) -> type[nn.Module] | None:
+        return next((cls for reason, cls in rewrites if reason(m) is None), None)
+
+    if not any(replacement(m) is not None for m in model.modules()):
         return model
-    root = _replacement(model)  # the model may be one convolution
+    root = replacement(model)  # the model may be one convolution
     if root is not None:
         return root(model).eval()
 
     def swap(parent: nn.Module) -> None:
         for name, child in parent.named_children():
-            cls = _replacement(child)
+            cls = replacement(child)
             if cls is not None:
                 setattr(parent, name, cls(child))
             else:
@@ -296,3 +298,11 @@ def for_tvm(model: nn.Module) -> nn.Module:
     out = copy.deepcopy(model).eval()
     swap(out)
     return out
+
+
+def for_tvm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every transposed convolution as a sub-pixel convolution, every strided
+    convolution as a space-to-depth one and every wide 3 x 3 stride-1 one as a Winograd one (the original
+    is untouched; ``model`` itself when there is nothing to rewrite). The numerical check of the compiled
+    artifact still runs against the original."""
+    return replace_modules(model, (SUBPIXEL, SPACE_TO_DEPTH, WINOGRAD))

@@ -9,12 +9,16 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from agd.backends import BackendStatus, package_version
+import torch
+
 from agd.io import AgdError
+from agd.status import BackendStatus, package_version
+from agd.tuning.emulate import DEFAULT_DIR, find_qemu, unavailable_reason
 
 TARGETS = ("x86", "arm64", "cuda")
 ARM64_CROSS_CXX = "aarch64-linux-gnu-g++"
@@ -33,18 +37,18 @@ class TargetSpec:
     notes: dict[str, str] = field(default_factory=dict)
 
 
-def _tvm():
-    try:
-        import tvm  # noqa: F401
-    except Exception as e:  # an ImportError or a broken native library
-        raise AgdError(f"apache-tvm is not usable ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                       "pip install 'apache-tvm==0.27.0.post1' 'apache-tvm-ffi==0.1.14.post1'") from None
-    return tvm
+def _tvm_env() -> ModuleType:
+    """:mod:`agd.tuning.tvm_env` (AgdError when TVM is unusable), imported on first use: this module is the
+    status path (``agd info``, :mod:`agd.backends`, the command line's start), which must work, and stay
+    quick, without TVM."""
+    from agd.tuning import tvm_env
+
+    return tvm_env
 
 
 def host_cpu() -> str:
     """LLVM's name for this machine's CPU (e.g. ``znver3``, ``skylake-avx512``)."""
-    return _tvm().target.codegen.llvm_get_system_cpu()
+    return _tvm_env().tvm.target.codegen.llvm_get_system_cpu()
 
 
 def resolve_target(name: str, cuda_arch: str | None = None) -> TargetSpec:
@@ -84,7 +88,7 @@ def resolve_target(name: str, cuda_arch: str | None = None) -> TargetSpec:
 
 
 def _physical_cores() -> int:
-    try:
+    try:  # psutil is optional (agd[tvm] installs it): without it the logical count stands in
         import psutil
 
         return psutil.cpu_count(logical=False) or os.cpu_count() or 1
@@ -102,8 +106,6 @@ CUDA_DEFAULT_LIMITS = {"max_num_threads": 1024, "max_threads_per_block": 1024, "
 
 def _local_cuda_limits() -> dict[str, Any] | None:
     """The first visible GPU's arch and the CUDA target limits above, read through torch; None without one."""
-    import torch
-
     if not torch.cuda.is_available():
         return None
     p = torch.cuda.get_device_properties(0)
@@ -125,9 +127,10 @@ def target_status(name: str) -> BackendStatus:
     if version is None:
         return BackendStatus(label, False, "apache-tvm is not installed (pip install 'agd[tvm]')")
     try:
-        tvm = _tvm()
+        env = _tvm_env()
     except AgdError as e:
         return BackendStatus(label, False, str(e))
+    tvm = env.tvm
     codegen = tvm.target.codegen
     llvm_targets = set(codegen.llvm_get_targets()) if tvm.runtime.enabled("llvm") else set()
     if name == "x86":
@@ -146,17 +149,13 @@ def target_status(name: str) -> BackendStatus:
             return BackendStatus(label, True, "native aarch64 host")
         if shutil.which(ARM64_CROSS_CXX) is None:
             return BackendStatus(label, False, f"cross compiler {ARM64_CROSS_CXX} not found (apt-get install g++-aarch64-linux-gnu)")
-        from agd.tuning.emulate import DEFAULT_DIR, find_qemu, unavailable_reason
-
         qemu = find_qemu()
         emu = unavailable_reason(DEFAULT_DIR)
         run = "runs via TVM RPC" + (f"; emulated device: {Path(qemu).name} + {DEFAULT_DIR}" if qemu and emu is None
                                     else f"; no emulated device ({emu})")
         return BackendStatus(label, True, f"cross-compiles with {ARM64_CROSS_CXX}; {run}")
     if name == "cuda":
-        import tvm_ffi
-
-        if tvm_ffi.get_global_func("target.build.cuda", allow_missing=True) is None:
+        if env.tvm_ffi.get_global_func("target.build.cuda", allow_missing=True) is None:
             return BackendStatus(label, False, "this TVM build has no CUDA code generator")
         if tvm.cuda(0).exist:
             return BackendStatus(label, True, "builds and runs (CUDA device present)")

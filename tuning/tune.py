@@ -28,15 +28,30 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
+import os
+import resource
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from agd.io import atomic_write_json, read_json
 from agd.tuning.build import fused_module, tvm_target
 from agd.tuning.targets import TargetSpec
+from agd.tuning.tvm_env import (
+    RemoveWeightLayoutRewriteBlock,
+    estimate_tir_flops,
+    extract_tasks,
+    extracted_tasks_to_tune_contexts,
+    ms,
+    tvm,
+    tvm_build,
+    tvm_ffi,
+)
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
 # Trials already spent per workload (its structural hash), beside the database: MetaSchedule records
@@ -89,9 +104,6 @@ class TuneReport:
 
 def build_candidate(mod: Any, target: Any, _params: Any) -> Any:
     """MetaSchedule builder function: TVM's default build without importing ``tvm.s_tir.tensor_intrin``."""
-    from tvm.driver import build as tvm_build
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     return tvm_build(mod, target=target)
 
@@ -118,7 +130,7 @@ def import_tensor_intrinsics() -> None:
         return answered[_filename]
 
     inspect.getmodule = getmodule
-    try:
+    try:  # imported here, under the patch, and nowhere else: the patch is what makes it affordable
         import tvm.s_tir.tensor_intrin  # noqa: F401  (registers the tensorization intrinsics)
     finally:
         inspect.getmodule = original
@@ -129,8 +141,6 @@ def worker_memory_limit() -> int:
     MetaSchedule's builders and runners are child processes; one pathological candidate (seen here: a
     builder worker of an SR convolution at 23.5 GB resident) would otherwise swap the machine to a halt
     long before the builder's timeout can fire."""
-    import os
-
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return max(4 << 30, total // 4)
 
@@ -138,8 +148,6 @@ def worker_memory_limit() -> int:
 def limit_worker_memory() -> None:
     """PopenPool worker initializer (builders and runners): cap the worker's address space at
     :func:`worker_memory_limit`, so a runaway candidate fails with an allocation error instead."""
-    import resource
-
     limit = worker_memory_limit()
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY:
@@ -153,9 +161,6 @@ def _alloc_arguments(fill: Any, device: Any, args_info: list[Any], alloc_repeat:
     ``take``s of reflect padding); MetaSchedule's random integers index far out of bounds and kill the
     measuring process, so every candidate of those tasks failed and they kept TVM's default
     single-threaded schedule. Zero is a valid index for any gather."""
-    import numpy as np
-    import tvm
-
     out = []
     for _ in range(alloc_repeat):
         args = []
@@ -175,8 +180,6 @@ def _alloc_arguments(fill: Any, device: Any, args_info: list[Any], alloc_repeat:
 
 def alloc_local_arguments(device: Any, args_info: list[Any], alloc_repeat: int) -> list[list[Any]]:
     """``f_alloc_argument`` of agd's local runners (:func:`_alloc_arguments`)."""
-    import tvm
-
     fill = tvm.get_global_func("tvm.contrib.random.random_fill_for_measure")
     return _alloc_arguments(fill, device, args_info, alloc_repeat)
 
@@ -207,9 +210,7 @@ def database_digest(work_dir: str | Path) -> str:
 
 def _workload_key(task: Any) -> str:
     """The task's workload identity, as MetaSchedule's database matches it (structural hash)."""
-    from tvm_ffi import structural_hash
-
-    return str(structural_hash(task.dispatched[0]))
+    return str(tvm_ffi.structural_hash(task.dispatched[0]))
 
 
 def read_ledger(work_dir: str | Path) -> dict[str, int]:
@@ -232,8 +233,6 @@ def _records_per_workload(db: Any, tasks: list[Any]) -> list[int]:
 
 def task_work(task: Any) -> float:
     """A task's share of the model's arithmetic: its FLOPs times how often the model calls it."""
-    from tvm.s_tir.analysis import estimate_tir_flops
-
     try:
         flops = float(estimate_tir_flops(task.dispatched[0]))
     except Exception:  # noqa: BLE001 (an estimator gap must not stop tuning: count the task as average)
@@ -277,8 +276,6 @@ def _drop_unnamed_handlers() -> None:
     fails on a handler without one (``'NoneType' object has no attribute 'format'``). One was there
     after earlier tuning runs in the same pytest process (their origin was not traced); dropping it
     only drops log lines."""
-    import logging
-
     lg = logging.getLogger("tvm.s_tir.meta_schedule")
     for h in list(lg.handlers):
         if h.get_name() is None:
@@ -314,9 +311,6 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
 
     ``runner`` defaults to a local runner (the build machine is the target); for RPC targets pass
     :func:`agd.tuning.measure.rpc_runner`'s result."""
-    from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
-
     t0 = time.perf_counter()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 ``agd bench kernels --suite triton`` times the fused mixed-layer epilogue against eager PyTorch and
 torch.compile of the same reference over both supernets' real shapes, plus a whole supernet search step
-with the fused epilogue on and off. ``--suite csrc`` runs the C++/CUDA suite (``agd.commands.bench_csrc``,
+with the fused epilogue on and off. ``--suite csrc`` runs the C++/CUDA suite (``agd.bench.csrc``,
 ``run_csrc_suite(device, quick, compile)``). Figures on CPU are checks that the command works, not
 measurements of the kernels (Triton runs on CPU only in its interpreter).
 """
@@ -13,27 +13,25 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import torch
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from agd.io import AgdError
+from agd.bench.csrc import run_csrc_suite
+from agd.bench.kernels import DTYPES, run_epilogue_suite, run_search_step
+from agd.commands.options import parse_size, tvm_bound
+from agd.io import AgdError, atomic_write_json
+from agd.machine import require_precision
+from agd.tuning.quiet import quiet_native_logs
 
-bench_app = typer.Typer(help="Benchmarks: kernels against eager PyTorch and torch.compile.", no_args_is_help=True)
+app = typer.Typer(name="bench", help="Benchmarks: kernels against eager PyTorch and torch.compile.", no_args_is_help=True)
 
 SUITES = ("triton", "csrc", "all")
 
 
-def _csrc_suite():
-    try:
-        from agd.commands.bench_csrc import run_csrc_suite
-    except ImportError as e:
-        raise AgdError(f"--suite csrc: the C++/CUDA benchmark suite (agd/commands/bench_csrc.py) is not available: {e}") from None
-    return run_csrc_suite
-
-
 def parse_dtypes(spec: str) -> tuple:
     """``float32,bfloat16`` → torch dtypes of the Triton suite; AgdError naming a bad entry."""
-    from agd.kernels.bench import DTYPES
-
     names = [s.strip() for s in spec.split(",") if s.strip()]
     bad = [n for n in names if n not in DTYPES]
     if bad or not names:
@@ -55,8 +53,6 @@ def collect(suite: str, device: str, quick: bool, dtypes: str = "float32,bfloat1
     if suite not in SUITES:
         raise AgdError(f"--suite {suite!r}: choose one of {', '.join(SUITES)}")
     dts = parse_dtypes(dtypes) if suite in ("triton", "all") else ()
-    import torch
-
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -64,15 +60,12 @@ def collect(suite: str, device: str, quick: bool, dtypes: str = "float32,bfloat1
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise AgdError(f"--device {device}: no CUDA device is visible to torch {torch.__version__}")
     rows: list[dict] = []
-    csrc = _csrc_suite() if suite in ("csrc", "all") else None  # fail before the long triton suite runs
     if suite in ("triton", "all"):
-        from agd.kernels.bench import run_epilogue_suite, run_search_step
-
         rows += run_epilogue_suite(str(dev), quick, dts, _progress if progress else None)
         if search_step:
             rows += run_search_step(str(dev), quick, _progress if progress else None)
-    if csrc is not None:
-        rows += list(csrc(str(dev), quick, compile_rows))
+    if suite in ("csrc", "all"):
+        rows += list(run_csrc_suite(str(dev), quick, compile_rows))
     return rows
 
 
@@ -83,9 +76,6 @@ def _fmt(v) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     con = Console(width=max(Console().width, 220))  # wide tables: do not squeeze columns to "…"
     # columns shared by every row of a table go into its title (all of them are in --json)
     hidden = ("suite", "device", "fused", "bytes", "copy_gbs")
@@ -104,7 +94,7 @@ def print_table(rows: list[dict]) -> None:
         con.print(table)
 
 
-@bench_app.command("kernels")
+@app.command("kernels")
 def kernels(
     suite: str = typer.Option("triton", help="triton (fused epilogue + search step), csrc (C++/CUDA ops) or all."),
     device: Optional[str] = typer.Option(None, help="torch device (default: cuda if visible, else cpu)."),
@@ -117,8 +107,6 @@ def kernels(
     threads: Optional[int] = typer.Option(None, min=1, help="torch intra-op threads (default: torch's, one per core)."),
 ) -> None:
     """Time the kernels against eager PyTorch and torch.compile; print one table per row kind."""
-    import torch
-
     if threads is not None:
         torch.set_num_threads(threads)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -133,3 +121,55 @@ def kernels(
     if json_out is not None:
         json_out.write_text(json.dumps(rows, indent=1))
         typer.echo(f"wrote {json_out}")
+
+
+@app.command("deploy")
+def bench_deploy_cmd(
+    genotypes: Optional[list[Path]] = typer.Argument(None, help="Genotype files (default: the two examples/)."),
+    size: Optional[str] = typer.Option(None, help="Input HxW (default: each space's reference size)."),
+    trials: int = typer.Option(0, min=0, help="MetaSchedule trials per student for the tvm-tuned row."),
+    database: Path = typer.Option(Path("tvm-db/x86"), help="Tuning database (reused across runs)."),
+    repeats: int = typer.Option(10, min=1, help="Timed calls per backend."),
+    threads: Optional[int] = typer.Option(None, min=1, help="Intra-op threads for torch and ONNX Runtime."),
+    output: Optional[Path] = typer.Option(None, help="Also write the rows to this JSON file."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Comma-separated precisions (default: every "
+                                            "one this CPU has instructions for, of fp32, bf16, int8)."),
+    calibration: str = typer.Option("builtin", help="int8 rows: folder of training images, or 'builtin'."),
+    student: Optional[list[Path]] = typer.Option(None, "--student", help="Also a trained student: an `agd compress` "
+                                                 "run folder (its train/genotype.json and train/student.safetensors)."),
+) -> None:
+    """Deployment benchmark on this CPU, per precision: eager, torch.compile, ONNX Runtime, PT2E, TVM untuned and tuned."""
+    deploy = tvm_bound("agd.bench.deploy")
+    paths = list(genotypes) if genotypes else [Path(p) for p in deploy.DEFAULT_STUDENTS]
+    weights: dict[Path, Path] = {}
+    for run in student or []:
+        g, w = run / "train" / "genotype.json", run / "train" / "student.safetensors"
+        if not (g.is_file() and w.is_file()):
+            raise AgdError(f"--student {run}: not an agd compress run folder (no train/genotype.json and "
+                           "train/student.safetensors)")
+        paths.append(g)
+        weights[g] = w
+    for p in paths:
+        if not p.is_file():
+            raise AgdError(f"genotype {p}: no such file")
+    precisions = tuple(p.strip() for p in precision.split(",") if p.strip()) if precision else None
+    for p in precisions or ():
+        require_precision(p)
+    with quiet_native_logs():
+        res = deploy.bench_deploy(paths, parse_size(size), trials, database, repeats, threads,
+                           progress=lambda m: typer.echo(m, err=True), precisions=precisions, calibration=calibration,
+                           weights=weights)
+    if output is not None:
+        atomic_write_json(output, res)
+    for s in res["students"]:
+        eager = next((r["median_ms"] for r in s["rows"] if r["backend"] == "eager" and r["ok"]), None)
+        typer.echo(f"{s['genotype']} {'x'.join(map(str, s['input']))}"
+                   f"{' (trained: ' + s['weights'] + ')' if s['weights'] else ' (random init)'}:")
+        for r in s["rows"]:
+            if r["ok"]:
+                typer.echo(f"  {r['backend']:18} {r['precision']:4} {r['median_ms']:9.3f} ms  "
+                           f"{eager / r['median_ms'] if eager else 0:5.2f}x eager  err {r['max_abs_error']:.1e}  "
+                           f"{r['psnr_to_fp32_db']:5.1f} dB to fp32  {r['note']}")
+            else:
+                typer.echo(f"  {r['backend']:18} {r['precision']:4}         -     {r['note']}")
+    typer.echo(json.dumps({"load_avg_start": res["load_avg_start"], "load_avg_end": res["load_avg_end"]}))

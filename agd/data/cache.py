@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from agd.io import AgdError, atomic_path
 
@@ -54,8 +56,6 @@ class TeacherCache:
 
     def get(self, img_hash: str, crop: Crop = None, variant: str = "") -> torch.Tensor | None:
         """The cached output, or None (missing or unreadable entries count as missing)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
 
         key = self.key(img_hash, crop, variant)
         p = self.path(key)
@@ -68,7 +68,6 @@ class TeacherCache:
         return out
 
     def put(self, img_hash: str, crop: Crop, output: torch.Tensor, variant: str = "") -> Path:
-        from safetensors.torch import save_file
 
         key = self.key(img_hash, crop, variant)
         p = self.path(key)

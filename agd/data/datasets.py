@@ -49,6 +49,17 @@ def random_flips(imgs: list[torch.Tensor], g: torch.Generator) -> list[torch.Ten
     return out
 
 
+def crop_and_flip(img: torch.Tensor, crop: int | None, flips: bool, g: torch.Generator, what: str) -> torch.Tensor:
+    """One training sample's augmentation: a random ``crop`` x ``crop`` window (``what`` names the image in
+    the error when it is smaller) and random flips, both drawn from ``g``."""
+    if crop is not None:
+        t, l = random_crop_box(img.shape[1], img.shape[2], crop, g, what=what)
+        img = img[:, t:t + crop, l:l + crop]
+    if flips:
+        (img,) = random_flips([img], g)
+    return img.contiguous()
+
+
 class _Seeded(Dataset):
     seed: int = 0
     epoch: int = 0
@@ -75,13 +86,7 @@ class ImageFolder(_Seeded):
         img = read_image(self.files[index])
         if self.crop is None and not self.flips:
             return img
-        g = self._gen(index)
-        if self.crop is not None:
-            t, l = random_crop_box(img.shape[1], img.shape[2], self.crop, g, what=f"image {self.files[index]}")
-            img = img[:, t:t + self.crop, l:l + self.crop]
-        if self.flips:
-            (img,) = random_flips([img], g)
-        return img.contiguous()
+        return crop_and_flip(img, self.crop, self.flips, self._gen(index), f"image {self.files[index]}")
 
 
 @dataclass
@@ -175,13 +180,7 @@ class UnpairedFolders(_Seeded):
         return max(len(self.a_files), len(self.b_files))
 
     def _load(self, path: Path, g: torch.Generator) -> torch.Tensor:
-        img = read_image(path)
-        if self.crop is not None:
-            t, l = random_crop_box(img.shape[1], img.shape[2], self.crop, g, what=f"image {path}")
-            img = img[:, t:t + self.crop, l:l + self.crop]
-        if self.flips:
-            (img,) = random_flips([img], g)
-        return img.contiguous()
+        return crop_and_flip(read_image(path), self.crop, self.flips, g, f"image {path}")
 
     def __getitem__(self, index: int) -> dict:
         g = self._gen(index)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from agd.io import AgdError, atomic_path
 
@@ -45,7 +46,6 @@ def pil_to_tensor(img) -> torch.Tensor:
 
 def read_image(path: str | Path) -> torch.Tensor:
     """Read an image file as float32 (3, H, W) in [0, 1]; AgdError naming the file if unreadable."""
-    from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
@@ -73,7 +73,6 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 def write_image(path: str | Path, img: torch.Tensor) -> Path:
     """Write a [0, 1] image (3, H, W) as 8-bit, atomically (the format follows the suffix; PNG is
     lossless). Parent folders are created."""
-    from PIL import Image
 
     path = Path(path)
     if img.dim() not in (2, 3) and not (img.dim() == 4 and img.shape[0] == 1):

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from agd.io import AgdError
+from agd.ops import resample
 
 _KERNELS = {
     # name: (function on |x|, support width)
@@ -92,7 +93,6 @@ def imresize(img: torch.Tensor, scale: float | tuple[float, float] | None = None
     integers 0..255 (float64), and after each 1-D pass the result is clamped to [0, 255] and rounded half
     away from zero, as MATLAB's uint8 passes do; the result is returned on the 8-bit grid in [0, 1].
     """
-    from agd.ops import resample
 
     if img.dim() not in (3, 4):
         raise AgdError(f"imresize: expected a (C, H, W) or (N, C, H, W) image, got shape {tuple(img.shape)}")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from agd.data.images import read_image
 from agd.io import AgdError
 
 # (package, path inside the package, name); colour photographs only
@@ -74,7 +75,6 @@ def sample_images(names: list[str] | tuple[str, ...] | None = None, *,
                   available_only: bool = False) -> list[tuple[str, torch.Tensor]]:
     """(name, (3, H, W) float32 [0, 1] image) for each sample, or for the given names (with
     ``available_only``, those of them that are installed)."""
-    from agd.data.images import read_image
 
     files = sample_files()
     if names is not None and available_only:

@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from agd.distill.vgg import vgg_layer_index
 from agd.io import AgdError
 
 EXTRACTORS = ("vgg16", "vgg19", "teacher")
@@ -83,7 +84,6 @@ class LossConfig:
                 raise AgdError(f"loss config {self.name}: teacher extractor taps are {', '.join(TEACHER_TAPS)}, "
                                f"not {bad}")
         else:
-            from agd.distill.vgg import vgg_layer_index
 
             for n in self.content_layers + self.style_layers:
                 vgg_layer_index(self.extractor, n)

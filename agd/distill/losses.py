@@ -15,6 +15,7 @@ file an error even with a teacher.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -138,7 +139,6 @@ class DistillLoss(nn.Module):
         """Milliseconds of each active term alone, forward and backward to the student's output (the
         network's own backward excluded), best of ``repeats``; the content and style terms each include
         the feature extraction they need, so their sum can exceed the whole loss's time."""
-        import time
 
         cfg = self.cfg
         out: dict[str, float] = {}

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from agd.data.images import list_images, read_image
 from agd.io import AgdError
 
 ArrayLike = Tensor | np.ndarray
@@ -194,7 +195,6 @@ def fid_from_features(features_a: ArrayLike, features_b: ArrayLike) -> float:
 def _iter_images(source: ImageSource, name: str) -> Iterator[Tensor]:
     """Yield (3, H, W) or (B, 3, H, W) tensors from a folder, one tensor or an iterable of tensors."""
     if isinstance(source, (str, os.PathLike)):
-        from agd.data.images import list_images, read_image
 
         folder = Path(source)
         if not folder.is_dir():

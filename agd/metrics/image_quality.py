@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -73,7 +74,6 @@ def output_psnr(out, ref, data_range: float = 2.0) -> float:
     """PSNR (dB) of one network output to another, on all channels, unrounded: how far a deployment (a
     low-precision build, another runtime) moves a network's [-1, 1] output (``data_range`` 2) from its
     fp32 reference; inf when they are equal. Arrays or tensors."""
-    import numpy as np
 
     a = np.asarray(out, dtype=np.float64)
     b = np.asarray(ref, dtype=np.float64)

@@ -23,8 +23,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from agd.arch import Genotype, LayerChoice, macs_extremes
+from agd.cost.latency import LatencyTable
 from agd.io import AgdError
-from agd.space import Genotype, LayerChoice, SearchSpace, op_valid
+from agd.space import SearchSpace, op_valid
 
 _UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
@@ -74,7 +76,7 @@ def macs_budget(space: SearchSpace, *, macs: str | float | None = None, ratio: f
         value = ratio * teacher_macs
     else:
         value = parse_macs(macs) if isinstance(macs, str) else float(macs)
-    (mn, _), (mx, _) = space.macs_extremes()
+    (mn, _), (mx, _) = macs_extremes(space)
     hw = "x".join(map(str, space.config.reference_size))
     if value < mn:
         raise AgdError(f"budget {value / 1e9:.3f} GMACs is below the smallest network of the {space.kind} space "
@@ -107,7 +109,7 @@ def fit_space_to_budget(config, value: float):
     GAN Compression student) at 1/10 of its MACs is below the smallest network of the full-width spaces.
     Returns (config, factor); a budget below every narrowing raises, naming the smallest."""
     def smallest(f: float) -> float:
-        return SearchSpace(narrowed(config, f)).macs_extremes()[0][0]
+        return macs_extremes(SearchSpace(narrowed(config, f)))[0][0]
 
     if smallest(1.0) <= value:
         return config, 1.0
@@ -151,8 +153,6 @@ def latency_budget(space: SearchSpace, ms: str | float, table_path, target: str 
     the per-network overhead; checked against the space's range under the table. ``hw`` is the input size
     the budget is for; by default the one size the table covers for this space, else the space's
     reference size."""
-    from agd.tuning.latency_table import LatencyTable
-
     value = parse_ms(ms) if isinstance(ms, str) else float(ms)
     table = LatencyTable.load(table_path)
     if target is not None and table.target != target:
@@ -171,7 +171,7 @@ def latency_budget(space: SearchSpace, ms: str | float, table_path, target: str 
     return Budget("latency", value, "ms", overhead, size=hw, deployment=table.describe()), tables
 
 
-def _table_size(table, table_path, space: SearchSpace) -> tuple[int, int]:
+def _table_size(table: LatencyTable, table_path, space: SearchSpace) -> tuple[int, int]:
     sizes = table.sizes(space)
     ref = tuple(space.config.reference_size)
     if len(sizes) == 1:

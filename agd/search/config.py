@@ -29,14 +29,13 @@ from typing import Any
 
 from agd.io import AgdError
 
-
 OP_SAMPLINGS = ("mixture", "sample")
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     space: str | None = None  # a space preset; None: by the teacher's task and scale (translation, sr-x2/x3/x4)
-    loss: str = "tiny"  # a loss setting (agd.commands.search.LOSS_FOR: tiny, cpu, paper, pixel)
+    loss: str = "tiny"  # a loss setting (agd.distill.settings.LOSS_FOR: tiny, cpu, paper, pixel)
     patch: int = 16  # SR training crop, in input (LR) pixels
     translation_patch: int = 64  # translation training crop, in pixels
     batch: int = 2

@@ -19,7 +19,9 @@ import torch
 
 from agd.data import TeacherCache, bicubic_degrade, image_hash, list_images, read_image, sample_images
 from agd.data.resize import fit_image
+from agd.data.samples import HELD_OUT, sample_files
 from agd.io import AgdError
+from agd.teachers import tiled_forward
 
 
 @dataclass
@@ -48,8 +50,6 @@ def held_out_split(source: str | Path | None) -> tuple[tuple[str, ...], tuple[st
     """(training names, held-out names) of an image source, by name: the built-in samples hold out
     :data:`agd.data.samples.HELD_OUT`; a folder holds out every 4th image in sorted order (from the 4th
     on). Needs 3 training images (the search's three sets) and 1 held out."""
-    from agd.data.samples import HELD_OUT, sample_files
-
     if source is None:
         names = sorted(s.name for s in sample_files())
         held = tuple(n for n in names if n in HELD_OUT)
@@ -88,8 +88,6 @@ def prepare(images: list[tuple[str, torch.Tensor]], teacher, *, cache_dir: Path,
             translation_variants: int = 0) -> list[DistillImage]:
     """Inputs and cached teacher outputs for every image; for a translation teacher, also for
     ``translation_variants`` :func:`photometric_variant` s of each (named ``NAME~vK``)."""
-    from agd.teachers import tiled_forward
-
     task, scale = teacher.info.task, teacher.info.scale
     if task == "translation" and translation_variants > 0:
         images = list(images) + [(f"{n}{VARIANT_SEP}{k}", photometric_variant(im, n, k))

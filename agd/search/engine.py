@@ -16,7 +16,7 @@ In both phases every forward chooses operators as ``op_sampling`` (SR) or ``tran
 says: AGD's softmax-weighted mixture of all candidates, or one candidate per layer drawn from softmax(α)
 (single-path; α learns through the sample's straight-through gate, as the widths do).
 
-The supernet runs in the derived student's convention (:func:`agd.student.image_forward`: translation
+The supernet runs in the derived student's convention (:func:`agd.arch.student.image_forward`: translation
 networks see [-1, 1]), so a fixed supernet and ``Student(derive(g, supernet))`` compute the same image.
 
 Every batch is a pure function of (seed, phase, step) and all other randomness comes from torch's RNG,
@@ -26,22 +26,27 @@ its slice of each global batch and DistributedDataParallel averages the gradient
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import save_file
 from torch import nn
 
-from agd.io import AgdError, atomic_write_json, atomic_write_text
+from agd.arch import Genotype
+from agd.arch.student import image_forward
+from agd.io import AgdError, atomic_path, atomic_write_json, atomic_write_text
+from agd.loop import CheckpointLoop, load_parts, parts_state
 from agd.runs import RunDir
 from agd.search import data as D
 from agd.search.budget import Budget, DualController, derive_within_budget
 from agd.search.config import SearchConfig
-from agd.space import Genotype, SearchSpace, Supernet, TemperatureSchedule, sr_space_for_scale
-from agd.student import image_forward
+from agd.search.plots import plot_search
+from agd.search.profile import step_lines, step_profile
+from agd.search.supernet import Supernet, TemperatureSchedule
+from agd.space import SearchSpace, get_config, sr_space_for_scale
 
 PRETRAIN, SEARCH = 0, 1
 
@@ -107,8 +112,6 @@ class Search:
         self.rank, self.world = _world()
         if cfg.batch % self.world:
             raise AgdError(f"search: the batch ({cfg.batch}) must be divisible by the number of processes ({self.world})")
-        from agd.space import get_config
-
         space_name = cfg.space or default_space(teacher)
         self.space = SearchSpace(space_config if space_config is not None else get_config(space_name))
         if self.space.kind != teacher.info.task:
@@ -147,37 +150,25 @@ class Search:
         self.best: dict[str, Any] | None = None
         self.progress = progress
         self.heldout = D.center_crops(self.selection, self.patch, self.space.scale)
-        self._good: dict[str, Any] | None = None
-        self.rollbacks = 0
+        self.loop = CheckpointLoop(self, run, "search", writes=self.rank == 0)
 
     # ---------------------------------------------------------------- state
+    def _parts(self) -> dict[str, Any]:
+        return {"supernet": self.supernet, "opt_w": self.opt_w, "opt_a": self.opt_a, "ctrl": self.ctrl}
+
     def state(self) -> dict[str, Any]:
-        return {"step": self.step, "supernet": self.supernet.state_dict(), "opt_w": self.opt_w.state_dict(),
-                "opt_a": self.opt_a.state_dict(), "ctrl": self.ctrl.state_dict(), "rng": torch.get_rng_state(),
-                "history": self.history, "best": self.best, "lr_scale": self.lr_scale, "world": self.world}
+        return {"step": self.step, **parts_state(self._parts()), "history": self.history, "best": self.best,
+                "lr_scale": self.lr_scale, "world": self.world}
 
     def load(self, s: dict[str, Any]) -> None:
         if s.get("world", 1) != self.world:
             raise AgdError(f"--resume: the run was made with {s.get('world', 1)} processes, now {self.world}")
         self.step = int(s["step"])
-        self.supernet.load_state_dict(s["supernet"])
-        self.opt_w.load_state_dict(s["opt_w"])
-        self.opt_a.load_state_dict(s["opt_a"])
-        self.ctrl.load_state_dict(s["ctrl"])
-        torch.set_rng_state(s["rng"])
+        load_parts(self._parts(), s)
         self.history, self.best, self.lr_scale = list(s["history"]), s["best"], float(s["lr_scale"])
 
-    def checkpoint(self) -> None:
-        self._good = copy.deepcopy(self.state())
-        if self.rank == 0:
-            self.run.save_state(self._good)
-
-    def _rollback(self, what: str) -> None:
-        if self._good is None or self.rollbacks >= 3:
-            raise AgdError(f"search: {what} at step {self.step}; rolling back did not help (after {self.rollbacks} tries)")
-        failed = self.step
-        self.load(copy.deepcopy(self._good))
-        self.rollbacks += 1
+    def rolled_back(self, failed: int, what: str) -> None:
+        """After :class:`agd.loop.CheckpointLoop` restored the last checkpoint: halve both learning rates."""
         self.lr_scale *= 0.5
         for opt in (self.opt_w, self.opt_a):
             for g in opt.param_groups:
@@ -256,37 +247,40 @@ class Search:
         opt.step()
         t["optimizer"] = t.get("optimizer", 0.0) + (time.perf_counter() - t0) * 1e3
 
+    def _half_step(self, items: list[D.DistillImage], step: int, tau: float, arch: bool,
+                   t: dict[str, float]) -> tuple[float, torch.Tensor | None] | None:
+        """One of a search step's two halves on batch ``step`` of ``items``: the architecture step (``arch``:
+        with the budget term, Adam on α and the width logits) or the weight step; None on a non-finite loss
+        (nothing updated)."""
+        b = self._batch(items, SEARCH, step)
+        self.opt_a.zero_grad(set_to_none=True)
+        self.opt_w.zero_grad(set_to_none=True)
+        res = self._sandwich_backward(b, tau, with_cost=arch, t=t)
+        if res is not None:
+            opt, params = (self.opt_a, self.supernet.arch_parameters()) if arch else \
+                (self.opt_w, self.supernet.weight_parameters())
+            self._opt_step(opt, params, t)
+        return res
+
     def search_step(self) -> dict[str, float]:
         s = self.step - self.cfg.pretrain_steps
         tau = self.tau.at(s)
         t: dict[str, float] = {}
-        # architecture step (architecture half)
-        b = self._batch(self.arch_half, SEARCH, 2 * s)
-        self.opt_a.zero_grad(set_to_none=True)
-        self.opt_w.zero_grad(set_to_none=True)
-        res = self._sandwich_backward(b, tau, with_cost=True, t=t)
+        res = self._half_step(self.arch_half, 2 * s, tau, True, t)
         if res is None:
             return {"nonfinite": 1.0}
         loss_a, cost = res
-        self._opt_step(self.opt_a, self.supernet.arch_parameters(), t)
         lam = self.ctrl.update(float(cost.detach()))
-        # weight step (weights half)
-        b = self._batch(self.weights_half, SEARCH, 2 * s + 1)
-        self.opt_w.zero_grad(set_to_none=True)
-        self.opt_a.zero_grad(set_to_none=True)
-        res = self._sandwich_backward(b, tau, with_cost=False, t=t)
+        res = self._half_step(self.weights_half, 2 * s + 1, tau, False, t)
         if res is None:
             return {"nonfinite": 1.0}
-        loss_w, _ = res
-        self._opt_step(self.opt_w, self.supernet.weight_parameters(), t)
+        loss_w = res[0]
         return {"loss_a": loss_a, "loss_w": loss_w, "expected": float(cost.detach()), "lam": lam, "tau": tau,
                 **{f"ms_{k}": v for k, v in t.items()}}
 
     def profile(self) -> dict[str, Any]:
         """The once-per-run step profile (:func:`agd.search.profile.step_profile`) of a search step: its
         forwards' FLOPs and the loss terms' milliseconds; torch's RNG and the weights are left as they were."""
-        from agd.search.profile import step_profile
-
         b = self._batch(self.arch_half, SEARCH, 0)
         modes = ("gumbel", "max", "min") if self.cfg.sandwich else ("gumbel",)
 
@@ -343,30 +337,22 @@ class Search:
         return rec
 
     # ---------------------------------------------------------------- loop
+    def take_step(self) -> dict[str, Any]:
+        """Step ``self.step``: a pretraining step, then search steps (:class:`agd.loop.Steps`)."""
+        pretrain = self.step < self.cfg.pretrain_steps
+        rec = self.pretrain_step() if pretrain else self.search_step()
+        return rec if rec.get("nonfinite") else {"phase": "pretrain" if pretrain else "search", **rec}
+
+    def after_step(self, rec: dict[str, Any]) -> None:
+        """Every ``eval_every`` search steps and after the last: derive and score (:meth:`evaluate`)."""
+        s = self.step - self.cfg.pretrain_steps
+        if rec["phase"] == "search" and (s % self.cfg.eval_every == 0 or self.step == self.cfg.total_steps):
+            rec["eval"] = self.evaluate()
+        if self.progress:
+            self.progress(rec)
+
     def run_loop(self, resume: bool = False) -> SearchResult:
-        if resume:
-            self.load(self.run.load_state())
-            if self.rank == 0:
-                self.run.truncate_log(self.step)
-        self.checkpoint()
-        cfg = self.cfg
-        while self.step < cfg.total_steps:
-            phase = PRETRAIN if self.step < cfg.pretrain_steps else SEARCH
-            rec = self.pretrain_step() if phase == PRETRAIN else self.search_step()
-            if rec.get("nonfinite"):
-                self._rollback("non-finite loss")
-                continue
-            rec = {"step": self.step, "phase": "pretrain" if phase == PRETRAIN else "search", **rec}
-            if self.rank == 0:
-                self.run.log(rec)
-            self.step += 1
-            s = self.step - cfg.pretrain_steps
-            if phase == SEARCH and (s % cfg.eval_every == 0 or self.step == cfg.total_steps):
-                rec["eval"] = self.evaluate()
-            if self.progress:
-                self.progress(rec)
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.total_steps:
-                self.checkpoint()
+        self.loop.run_to(self.cfg.total_steps, self.cfg.checkpoint_every, resume)
         best = Genotype.from_dict(self.best["genotype"], "best genotype")
         return SearchResult(best, self.best["heldout_loss"], self.best["cost"], self.supernet.genotype(), self.history)
 
@@ -374,17 +360,11 @@ class Search:
 def write_results(run: RunDir, search: Search, result: SearchResult) -> None:
     """genotype.json, argmax_genotype.json, history.json, supernet.safetensors, plots, report.md (with the
     step profile when the run folder holds ``profile.json``)."""
-    from safetensors.torch import save_file
-
-    from agd.io import atomic_path
-
     result.genotype.save(run.path / "genotype.json")
     result.argmax_genotype.save(run.path / "argmax_genotype.json")
     atomic_write_json(run.path / "history.json", result.history)
     with atomic_path(run.path / "supernet.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in search.supernet.state_dict().items()}, str(tmp))
-    from agd.search.plots import plot_search
-
     plots = plot_search(run.read_log(), result.history, search.budget, run.path / "plots")
     b = search.budget
     lines = [
@@ -403,16 +383,3 @@ def write_results(run: RunDir, search: Search, result: SearchResult) -> None:
                                                                                 if r.get("phase") == "search"])
     lines += [""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
     atomic_write_text(run.path / "report.md", "\n".join(lines) + "\n")
-
-
-def step_lines(run: RunDir, records: list[dict[str, Any]]) -> list[str]:
-    """The step profile's report lines from the run folder's ``profile.json`` and the logged step phases."""
-    from agd.io import read_json
-    from agd.search.profile import format_summary, summarize
-
-    prof_path = run.path / "profile.json"
-    prof = read_json(prof_path, "step profile") if prof_path.is_file() else None
-    summary = summarize(records, prof and prof["step"], prof and prof.get("peak_gflops"))
-    if summary:
-        atomic_write_json(run.path / "profile_summary.json", summary)
-    return format_summary(summary) or ["- (no step timings logged)"]

@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from agd.io import atomic_path
+
 
 def _plt():
+    """matplotlib's pyplot on the Agg backend (no display). Imported here, on the first plot, and nowhere else:
+    only the end-of-run plots need it, and the backend must be chosen before pyplot is imported."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -16,8 +20,6 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    from agd.io import atomic_path
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")

@@ -12,11 +12,13 @@ measured float32 matmul rate (:func:`matmul_peak_gflops`, the practical FMA peak
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any, Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+
+from agd.io import atomic_write_json, read_json
+from agd.runs import RunDir
+from agd.timing import device_sync, wall_times_ms
 
 PHASES = ("forward", "loss", "backward", "optimizer")
 
@@ -26,20 +28,16 @@ def matmul_peak_gflops(device: str | torch.device = "cpu", n: int = 2048, repeat
     dev = torch.device(device)
     g = torch.Generator(device=dev).manual_seed(0)  # its own generator: torch's RNG (checkpointed runs) untouched
     a, b = torch.randn(n, n, device=dev, generator=g), torch.randn(n, n, device=dev, generator=g)
-    best = float("inf")
-    for _ in range(repeats + 1):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e9
+    best_ms = min(wall_times_ms(lambda: torch.mm(a, b), repeats + 1, sync=device_sync(dev)))
+    return 2 * n ** 3 / (best_ms / 1e3) / 1e9
 
 
 def forward_flops(fn: Callable[[], Any]) -> int:
     """FLOPs (2 x MACs) of the forward that ``fn`` runs, without gradients and without moving torch's RNG."""
+    # imported here, not at the top: torch.utils.flop_counter imports triton (about 0.5 s), which only a
+    # profile needs, and the command line imports this module at start
+    from torch.utils.flop_counter import FlopCounterMode
+
     with torch.random.fork_rng(devices=[]), torch.no_grad(), FlopCounterMode(display=False) as fc:
         fn()
     return int(fc.get_total_flops())
@@ -97,3 +95,14 @@ def format_summary(s: dict[str, Any]) -> list[str]:
             if "of_peak" in s else ""
         lines.append(f"- compute: {s['gflops']:.1f} GFLOP/s on {s['threads']} threads{peak}")
     return lines
+
+
+def step_lines(run: RunDir, records: list[dict[str, Any]]) -> list[str]:
+    """The step profile's report lines from the run folder's ``profile.json`` and the logged step phases
+    (also written as ``profile_summary.json``)."""
+    prof_path = run.path / "profile.json"
+    prof = read_json(prof_path, "step profile") if prof_path.is_file() else None
+    summary = summarize(records, prof and prof["step"], prof and prof.get("peak_gflops"))
+    if summary:
+        atomic_write_json(run.path / "profile_summary.json", summary)
+    return format_summary(summary) or ["- (no step timings logged)"]

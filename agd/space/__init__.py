@@ -1,22 +1,30 @@
-"""Search spaces, supernets, genotypes and derived generators (AutoGAN-Distiller's search space).
+"""The search space (AutoGAN-Distiller's): what a generator may be made of.
 
-The space (:class:`SearchSpace`, built from a config preset), the search strategy (the supernet's
-sampling modes, driven by the search engine) and the chosen architecture (:class:`Genotype`, plain JSON)
-are separate; :func:`derive` turns a genotype into an ordinary ``nn.Module``.
+A :class:`SearchSpace` is built from a config preset (:mod:`agd.space.config`); it knows each layer's
+operators and widths, validates and costs a chosen architecture, and wires layers into the task's
+topology (:mod:`agd.space.networks`). The search strategy lives in :mod:`agd.search` (the supernet's
+relaxation, the engine, the budget); the chosen architecture, plain JSON, and the builder that turns it
+into an ordinary ``nn.Module`` live in :mod:`agd.arch`.
 """
 
 from agd.space.config import (
-    PRESETS, SEARCH_OPS, SR_SCALES, SR_SPACE_FOR_SCALE, SRSpaceConfig, TranslationSpaceConfig, get_config,
-    sr_space_for_scale, up_factors, width_choices,
+    PRESETS,
+    SEARCH_OPS,
+    SR_SCALES,
+    TASK_DEFAULTS,
+    SRSpaceConfig,
+    TranslationSpaceConfig,
+    get_config,
+    sr_space_for_scale,
+    task_default,
+    up_factors,
+    width_choices,
 )
-from agd.space.derive import derive
-from agd.space.genotype import Genotype, LayerChoice
+from agd.space.networks import build_network
 from agd.space.space import LayerSpec, SearchSpace, build_op, op_valid
-from agd.space.supernet import MixedLayer, Sampling, Supernet, TemperatureSchedule, build_network
 
 __all__ = [
-    "PRESETS", "SEARCH_OPS", "SR_SCALES", "SR_SPACE_FOR_SCALE", "Genotype", "LayerChoice", "LayerSpec", "MixedLayer",
-    "SRSpaceConfig", "Sampling",
-    "SearchSpace", "Supernet", "TemperatureSchedule", "TranslationSpaceConfig", "build_network", "build_op",
-    "derive", "get_config", "op_valid", "sr_space_for_scale", "up_factors", "width_choices",
+    "PRESETS", "SEARCH_OPS", "SR_SCALES", "TASK_DEFAULTS", "LayerSpec", "SRSpaceConfig", "SearchSpace",
+    "TranslationSpaceConfig", "build_network", "build_op", "get_config", "op_valid", "sr_space_for_scale", "task_default",
+    "up_factors", "width_choices",
 ]

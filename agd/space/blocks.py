@@ -48,6 +48,14 @@ class Style:
             if v not in allowed:
                 raise ValueError(f"{what} {v!r} is not one of {allowed}")
 
+    def inner(self) -> "Style":
+        """A residual block's inner convolutions: this norm and activation, no bias."""
+        return Style(self.norm, self.norm_affine, self.act, self.padding, False)
+
+    def last(self) -> "Style":
+        """A residual block's last convolution: this norm, no activation (it follows the sum), no bias."""
+        return Style(self.norm, self.norm_affine, "none", self.padding, False)
+
 
 def make_norm(style: Style, c: int) -> nn.Module:
     if style.norm == "instance":
@@ -144,8 +152,7 @@ class Shortcut(nn.Module):
 class ResBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, style: Style, *, projection: bool | None = None) -> None:
         super().__init__()
-        inner = Style(style.norm, style.norm_affine, style.act, style.padding, False)
-        last = Style(style.norm, style.norm_affine, "none", style.padding, False)
+        inner, last = style.inner(), style.last()
         self.conv1 = ConvNormAct(c_in, c_out, 3, inner)
         self.conv2 = ConvNormAct(c_out, c_out, 3, last)
         self.shortcut = Shortcut(c_in, c_out, style, c_in != c_out if projection is None else projection)
@@ -171,8 +178,7 @@ class DwsBlock(nn.Module):
         super().__init__()
         self.expansion = expansion
         hidden = expansion * c_in
-        inner = Style(style.norm, style.norm_affine, style.act, style.padding, False)
-        last = Style(style.norm, style.norm_affine, "none", style.padding, False)
+        inner, last = style.inner(), style.last()
         self.expand = ConvNormAct(c_in, hidden, 1, inner)
         self.depthwise = ConvNormAct(hidden, hidden, 3, inner, depthwise=True)
         self.project = ConvNormAct(hidden, c_out, 1, last)

@@ -141,18 +141,45 @@ PRESETS: dict[str, SpaceConfig] = {
     "sr-tiny": SRSpaceConfig(nf=8, n_cells=1, layers_per_cell=3, width_ratios=(0.5, 1.0), round_to=4,
                              reference_size=(12, 12)),
 }
-TASK_PRESETS = {"translation": "translation", "sr": "sr-x4"}
-# SR scale → its space preset (what a teacher of that scale is searched in by default)
-SR_SPACE_FOR_SCALE = {c.scale: name for name, c in PRESETS.items() if name.startswith("sr-x")}
+
+
+@dataclass(frozen=True)
+class TaskDefault:
+    """What a task (and SR scale) gets when nobody says otherwise."""
+
+    task: str  # "translation" or "sr"
+    scale: int  # the SR scale (1 for translation)
+    space: str  # the space preset a teacher of this task and scale is searched in
+    teacher: str  # the named teacher shown beside the task's spaces (``agd space show``)
+
+
+# The one table of per-task defaults: the search's default space (by the teacher's task and scale),
+# ``get_config("sr")`` (a task's first row) and the teacher ``agd space show`` compares a space with.
+TASK_DEFAULTS: tuple[TaskDefault, ...] = (
+    TaskDefault("translation", 1, "translation", "vintage"),
+    TaskDefault("sr", 4, "sr-x4", "realesrgan-x4plus"),
+    TaskDefault("sr", 3, "sr-x3", "realesrgan-x4plus"),
+    TaskDefault("sr", 2, "sr-x2", "realesrgan-x4plus"),
+)
+
+
+def task_default(task: str, scale: int | None = None) -> TaskDefault:
+    """The row of :data:`TASK_DEFAULTS` for ``task`` (and ``scale``; None: the task's first row); AgdError
+    naming what has one otherwise."""
+    rows = [d for d in TASK_DEFAULTS if d.task == task]
+    if not rows:
+        raise AgdError(f"task {task!r}: unknown (tasks: {', '.join(dict.fromkeys(d.task for d in TASK_DEFAULTS))})")
+    found = [d for d in rows if scale is None or d.scale == scale]
+    if isinstance(scale, bool) or not found:
+        have = ", ".join(f"x{d.scale}" for d in sorted(rows, key=lambda d: d.scale))
+        raise AgdError(f"no {'SR' if task == 'sr' else task} search space for x{scale}; spaces exist for {have}")
+    return found[0]
 
 
 def sr_space_for_scale(scale: int) -> str:
     """The SR space preset for a scale ("sr-x2", "sr-x3", "sr-x4"); AgdError naming the scales that have one
     otherwise."""
-    if isinstance(scale, bool) or scale not in SR_SPACE_FOR_SCALE:
-        have = ", ".join(f"x{k}" for k in sorted(SR_SPACE_FOR_SCALE))
-        raise AgdError(f"no SR search space for x{scale}; spaces exist for {have}")
-    return SR_SPACE_FOR_SCALE[scale]
+    return task_default("sr", scale).space
 
 
 def config_to_dict(cfg: SpaceConfig) -> dict[str, Any]:
@@ -177,7 +204,24 @@ def config_from_dict(d: dict[str, Any], what: str = "space") -> SpaceConfig:
 
 def get_config(name: str, **overrides: Any) -> SpaceConfig:
     """A preset by name (or task: ``translation``, ``sr``), optionally with fields replaced."""
-    key = TASK_PRESETS.get(name, name)
+    key = task_default(name).space if any(d.task == name for d in TASK_DEFAULTS) else name
     if key not in PRESETS:
         raise AgdError(f"space {name!r}: unknown (presets: {', '.join(PRESETS)})")
     return replace(PRESETS[key], **overrides) if overrides else PRESETS[key]
+
+
+class OfSpace:
+    """What a space, a genotype and a student read alike from the space config they hold as ``config``:
+    the task (``kind``: "translation" or "sr") and the SR scale (1 for translation)."""
+
+    config: SpaceConfig
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    task = kind
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale

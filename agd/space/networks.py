@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agd.space.config import up_factors
+from agd.space.space import SearchSpace
+
 
 class ChainGenerator(nn.Module):
     """Layers applied in order (the translation generator: stem, downsampling, body, upsampling, head).
@@ -92,3 +95,21 @@ class SRGenerator(nn.Module):
         if self.input_skip == "nearest":
             return out + F.interpolate(x, scale_factor=up, mode="nearest")
         return out + F.interpolate(x, scale_factor=up, mode=self.input_skip, align_corners=False)
+
+
+def build_network(space: SearchSpace, layers: list[nn.Module]) -> nn.Module:
+    """Wire layers (mixed or plain, in the space's order) into the space's generator topology."""
+    c = space.config
+    if space.kind == "translation":
+        return ChainGenerator(nn.ModuleList(layers), input_skip=c.input_skip)
+    return SRGenerator(nn.ModuleList(layers), c.n_cells, c.layers_per_cell, up_factors(c.scale),
+                       input_skip=c.input_skip)
+
+
+def init_residual_head(space: SearchSpace, last: nn.Module) -> None:
+    """With an input skip, scale the last layer's fresh weights by 0.1: an untrained network then starts
+    near the skip alone (bicubic upscaling, the identity) instead of adding noise to it."""
+    if space.config.input_skip != "none":
+        with torch.no_grad():
+            for p in last.parameters():
+                p.mul_(0.1)

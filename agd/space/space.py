@@ -4,19 +4,33 @@
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from agd.io import AgdError
 from agd.space.blocks import ConvNormAct, DwsBlock, Identity, ResBlock, Style, conv_out
-from agd.space.config import SpaceConfig, SRSpaceConfig, TranslationSpaceConfig, up_factors, width_choices
-from agd.space.genotype import Genotype, LayerChoice
+from agd.space.config import OfSpace, SpaceConfig, SRSpaceConfig, TranslationSpaceConfig, up_factors, width_choices
 
+
+class Choice(Protocol):
+    """One layer's choice (:class:`agd.arch.LayerChoice`): the space checks and costs any object of this shape."""
+
+    name: str
+    op: str
+    width: int
+
+
+class Architecture(Protocol):
+    """A chosen architecture (:class:`agd.arch.Genotype`) as the space sees it: the space's config and one
+    choice per layer. The space validates and costs architectures; building them is :mod:`agd.arch`'s."""
+
+    config: SpaceConfig
+    layers: Sequence[Choice]
 
 @dataclass(frozen=True)
 class LayerSpec:
@@ -62,7 +76,7 @@ def op_valid(op: str, spec: LayerSpec, c_in: int, c_out: int) -> bool:
     return op != "identity" or (c_in == c_out and spec.stride == 1)
 
 
-class SearchSpace:
+class SearchSpace(OfSpace):
     """The layers of a space built from its config, plus cost and counting over its choices."""
 
     def __init__(self, config: SpaceConfig) -> None:
@@ -70,14 +84,6 @@ class SearchSpace:
         self.layers: list[LayerSpec] = self._build_layers()
 
     # ------------------------------------------------------------------ structure
-    @property
-    def kind(self) -> str:
-        return self.config.kind
-
-    @property
-    def scale(self) -> int:
-        return self.config.scale
-
     def _build_layers(self) -> list[LayerSpec]:
         c = self.config
         ratios, rt, e = c.width_ratios, c.round_to, c.dws_expansion
@@ -175,7 +181,7 @@ class SearchSpace:
         """Per layer, MACs (see :meth:`cost_tables`)."""
         return self.cost_tables(lambda i, _spec, op, ci, co, size: self.op_macs(i, op, ci, co, size), hw)
 
-    def genotype_macs(self, g: Genotype, hw: tuple[int, int] | None = None) -> int:
+    def genotype_macs(self, g: Architecture, hw: tuple[int, int] | None = None) -> int:
         self.validate(g)
         total, c_in = 0, self.config.in_ch
         for i, (choice, size) in enumerate(zip(g.layers, self.input_sizes(hw))):
@@ -196,29 +202,8 @@ class SearchSpace:
             ways = nxt
         return sum(ways.values())
 
-    def macs_extremes(self, hw: tuple[int, int] | None = None) -> tuple[tuple[int, Genotype], tuple[int, Genotype]]:
-        """((min MACs, its genotype), (max MACs, its genotype)) by dynamic programming over the width chain."""
-        sizes = self.input_sizes(hw)
-        out = []
-        for better in (min, max):
-            best: dict[int, tuple[int, list[LayerChoice]]] = {self.config.in_ch: (0, [])}
-            for i, spec in enumerate(self.layers):
-                nxt: dict[int, tuple[int, list[LayerChoice]]] = {}
-                for ci, (cost, path) in best.items():
-                    for co in spec.widths:
-                        for op in spec.ops:
-                            if not op_valid(op, spec, ci, co):
-                                continue
-                            c = cost + self.op_macs(i, op, ci, co, sizes[i])
-                            if co not in nxt or better(c, nxt[co][0]) != nxt[co][0]:
-                                nxt[co] = (c, path + [LayerChoice(spec.name, op, co)])
-                best = nxt
-            cost, path = better(best.values(), key=lambda t: t[0])
-            out.append((cost, Genotype(self.config, path)))
-        return out[0], out[1]
-
     # ------------------------------------------------------------------ genotypes
-    def validate(self, g: Genotype) -> None:
+    def validate(self, g: Architecture) -> None:
         """Raise AgdError naming the first layer at fault and its allowed values."""
         if g.config != self.config:
             raise AgdError("genotype: it belongs to another space (its space config differs)")
@@ -238,20 +223,3 @@ class SearchSpace:
                 raise AgdError(f"genotype: layer {spec.name}: identity needs equal widths, got {c_in} -> {ch.width}")
             c_in = ch.width
 
-    def random_genotype(self, rng: random.Random) -> Genotype:
-        """A uniformly random valid choice per layer (widths first, then a valid operator)."""
-        layers, c_in = [], self.config.in_ch
-        for spec in self.layers:
-            co = rng.choice(spec.widths)
-            ops = [op for op in spec.ops if op_valid(op, spec, c_in, co)]
-            layers.append(LayerChoice(spec.name, rng.choice(ops), co))
-            c_in = co
-        return Genotype(self.config, layers)
-
-    def max_genotype(self, op: str | None = None) -> Genotype:
-        """Largest widths everywhere, with ``op`` (or each layer's first operator) in searchable layers."""
-        layers = []
-        for spec in self.layers:
-            o = op if (op in spec.ops and op != "identity") else spec.ops[0]
-            layers.append(LayerChoice(spec.name, o, max(spec.widths)))
-        return Genotype(self.config, layers)

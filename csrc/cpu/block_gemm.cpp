@@ -1,4 +1,4 @@
-// agd::block_gemm (schema in agd/ops.py): the block kernels' GEMM as an op of its own, for tests and
+// agd::block_gemm (schema in agd/ops/fused.py): the block kernels' GEMM as an op of its own, for tests and
 // benchmarks. Transposed views (a.t(), b.t()) are passed to the GEMM as transposes, not copied.
 
 #include <ATen/ATen.h>

@@ -30,7 +30,7 @@ int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
 namespace agd {
 namespace blocks {
 
-// Activation codes shared with agd/ops.py (ACT_CODES).
+// Activation codes shared with agd/ops/activations.py (ACT_CODES).
 enum Act : int64_t { kNone = 0, kRelu = 1, kLeaky = 2, kTanh = 3 };
 
 // Branch-free forms (GCC keeps `v > 0 ? v : v * slope` scalar under -ftrapping-math), so the loops

@@ -1,4 +1,4 @@
-// CPU kernel of agd::conv_narrow (agd/ops.py, section conv_narrow): a K x K convolution, stride 1,
+// CPU kernel of agd::conv_narrow (agd/ops/fused.py, conv_narrow): a K x K convolution, stride 1,
 // dilation 1, "same" padding (K // 2, zeros or reflect), with few output channels (1 to 4), then
 // bias and activation, for inference:
 //   out[n, o, h, w] = act(b[o] + sum_{c, i, j} W[o, c, i, j] * xpad[n, c, h + i, w + j])

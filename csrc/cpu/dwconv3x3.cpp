@@ -1,4 +1,4 @@
-// CPU kernels of the depthwise 3x3 convolution (agd/ops.py, section dwconv3x3):
+// CPU kernels of the depthwise 3x3 convolution (agd/ops/blocks.py, dwconv3x3):
 //   out[n, c, oh, ow] = sum_{i,j<3} w[c, 0, i, j] * x[n, c, oh*s + (i-1)*d, ow*s + (j-1)*d]
 // with zero padding d (so the output is (H + 2d - 2d - 1) // s + 1 = (H - 1) // s + 1), stride s in
 // {1, 2}, dilation d in {1, 2}, no bias. float32 and float64 (float16/bfloat16 are computed in float32).

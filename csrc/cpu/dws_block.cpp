@@ -1,4 +1,4 @@
-// CPU kernel of the fused inference DwsBlock (agd/ops.py, section dws_block):
+// CPU kernel of the fused inference DwsBlock (agd/ops/fused.py, dws_block):
 //   h   = act(N1(W_e x))             1x1 expand to `hidden` channels
 //   d   = act(N2(dw3x3(h)))          depthwise 3x3, stride 1, padding 1 (zeros or reflect)
 //   out = act(N3(W_p d) + S(x))      1x1 project; S = identity or N_s(W_s x)

@@ -2,7 +2,7 @@
 //
 //   out[..., j, ...] = sum_t w[j, t] * x[..., idx[j, t], ...]     (along dim)
 //
-// Conventions (shared with the reference in agd/ops.py):
+// Conventions (shared with the reference in agd/ops/resampling.py):
 // - idx is int64 (out, taps) with values in [0, x.size(dim)); w has idx's shape and x's dtype;
 // - float32 and float64 accumulate in their own dtype; float16 and bfloat16 are computed in float32
 //   and rounded once at the end;

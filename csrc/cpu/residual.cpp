@@ -1,4 +1,4 @@
-// CPU kernels of the fused residual epilogue (agd/ops.py, section norm_act_residual):
+// CPU kernels of the fused residual epilogue (agd/ops/blocks.py, norm_act_residual):
 //   z   = norm ? (y - mean[n,c]) * rstd[n,c] : y        (instance norm: statistics over H x W)
 //   out = act(z * weight[c] + bias[c] + shortcut)       (weight/bias/shortcut optional)
 // Forward returns (out, mean, rstd), mean/rstd float32-or-input-dtype (N, C) (empty when norm is off).

@@ -1,5 +1,5 @@
 // torch glue of agd's CUDA block kernels: TORCH_LIBRARY_IMPL(agd, CUDA, m) for dwconv3x3(_backward),
-// norm_act_residual(_backward) and dws_block (schemas in agd/ops.py). Built only into agd/_C_cuda
+// norm_act_residual(_backward) and dws_block (schemas in agd/ops/blocks.py and agd/ops/fused.py). Built only into agd/_C_cuda
 // (setup.py: a CUDA torch and nvcc). It includes no CUDA header: the current stream comes from the
 // device-guard interface as a c10::Stream and is passed to the launchers as a void*.
 #include <ATen/ATen.h>

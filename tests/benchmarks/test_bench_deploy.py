@@ -19,7 +19,9 @@ import pytest
 
 pytest.importorskip("tvm", reason="apache-tvm is not installed")
 
-from agd.commands.bench_deploy import DEFAULT_STUDENTS, bench_deploy  # noqa: E402
+from agd.arch import random_genotype  # noqa: E402
+from agd.bench.deploy import DEFAULT_STUDENTS, bench_deploy  # noqa: E402
+from agd.machine import cpu_summary, precision_reason  # noqa: E402
 from agd.space import SearchSpace, get_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,21 +36,20 @@ def test_bench_deploy(request, tmp_path):
         res = bench_deploy(paths, None, trials, db, repeats=10, threads=None, progress=print)
         print(json.dumps(res, indent=1))
     else:
-        g = SearchSpace(get_config("translation-tiny")).random_genotype(random.Random(0))
+        g = random_genotype(SearchSpace(get_config("translation-tiny")), random.Random(0))
         paths = [g.save(tmp_path / "tiny.json")]
         # every precision's cheap rows (torch.compile's and PT2E's compiles take tens of seconds here: their
         # own tests cover them)
         res = bench_deploy(paths, (32, 32), 0, tmp_path / "db", repeats=2, threads=None,
                            backends=("eager", "onnxruntime", "tvm-untuned", "eager-bf16", "tvm-bf16",
                                      "onnxruntime-int8", "tvm-int8"))
-    from agd.machine import cpu_summary, precision_reason
-
     assert res["device"] == cpu_summary()
     for s in res["students"]:
         by = {r["backend"]: r for r in s["rows"]}
         assert by["eager"]["ok"] and by["onnxruntime"]["ok"] and by["tvm-untuned"]["ok"]
         assert by["tvm-untuned"]["max_abs_error"] < 1e-3 and by["onnxruntime"]["max_abs_error"] < 1e-3
-        assert by["eager"]["psnr_to_fp32_db"] == float("inf") and by["tvm-untuned"]["psnr_to_fp32_db"] > 60
+        # eager fp32 is the reference every other row's error and PSNR are taken against (not a result itself)
+        assert by["eager"]["median_ms"] > 0 and by["tvm-untuned"]["psnr_to_fp32_db"] > 60
         if full:
             continue
         assert not by["tvm-bf16"]["ok"] and by["tvm-bf16"]["precision"] == "bf16"

@@ -72,6 +72,17 @@ def _cpp_resample(x, dim, idx, w):
     return torch.ops.agd.resample(x, dim, idx, w)
 
 
+def _taps64(x: torch.Tensor, dim: int, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The resample by its definition, in float64: output i along ``dim`` is sum_k x[idx[i, k]] * w[i, k]."""
+    x = x.double().movedim(dim, -1)
+    return (x[..., idx] * w.double()).sum(-1).movedim(-1, dim)
+
+
+def _expected_rows(image: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, rows: int = 64) -> torch.Tensor:
+    """The first ``rows`` output rows of the H-then-W resize, from :func:`_taps64`."""
+    return _taps64(_taps64(image, 2, idx[:rows], w[:rows]), 3, idx, w)
+
+
 def test_tables_have_the_expected_taps():
     assert _tables(CASES["down x4"])[0].shape == (256, 16)
     assert _tables(CASES["up x4"])[0].shape == (4096, 4)
@@ -85,11 +96,11 @@ def test_bench_resample_cpp(benchmark, image, case):
     n_out = CASES[case]
     idx, w = _tables(n_out)
     benchmark.group = f"resample {case}, 1x3x{SIZE}x{SIZE} float32"
-    out = benchmark(_resize, _cpp_resample, image, idx, w)
+    out = _resize(_cpp_resample, image, idx, w)
     assert out.shape == (1, 3, n_out, n_out)
-    # agreement with the reference on the first 64 output rows (cheap even for the upscale)
-    expect = ops.resample_reference(ops.resample_reference(image, 2, idx[:64], w[:64]), 3, idx, w)
-    torch.testing.assert_close(out[:, :, :64], expect, rtol=1e-5, atol=1e-5)
+    # agreement with the definition on the first 64 output rows (cheap even for the upscale)
+    torch.testing.assert_close(out[:, :, :64].double(), _expected_rows(image, idx, w), rtol=1e-5, atol=1e-5)
+    benchmark(_resize, _cpp_resample, image, idx, w)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -97,16 +108,24 @@ def test_bench_resample_reference(benchmark, image, case):
     n_out = CASES[case]
     idx, w = _tables(n_out)
     benchmark.group = f"resample {case}, 1x3x{SIZE}x{SIZE} float32"
-    out = benchmark(_resize, ops.resample_reference, image, idx, w)
+    out = _resize(ops.resample_reference, image, idx, w)
     assert out.shape == (1, 3, n_out, n_out)
+    torch.testing.assert_close(out[:, :, :64].double(), _expected_rows(image, idx, w), rtol=1e-5, atol=1e-5)
+    benchmark(_resize, ops.resample_reference, image, idx, w)
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bench_interpolate_bicubic_antialias(benchmark, image, case):
     n_out = CASES[case]
     benchmark.group = f"resample {case}, 1x3x{SIZE}x{SIZE} float32"
-    out = benchmark(F.interpolate, image, size=(n_out, n_out), mode="bicubic", antialias=True, align_corners=False)
+    kw = {"size": (n_out, n_out), "mode": "bicubic", "antialias": True, "align_corners": False}
+    out = F.interpolate(image, **kw)
     assert out.shape == (1, 3, n_out, n_out)
+    # the yardstick is MATLAB's resize away from the borders (module docstring: 2 pixels down, 6 up)
+    b = 2 if n_out < SIZE else 6
+    want = _expected_rows(image, *_tables(n_out))
+    torch.testing.assert_close(out[:, :, b:64, b:-b].double(), want[:, :, b:, b:-b], rtol=1e-4, atol=1e-4)
+    benchmark(F.interpolate, image, **kw)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from agd.arch.genotype import Genotype
 from agd.space.elastic import slice_into
-from agd.space.genotype import Genotype
+from agd.space.networks import build_network, init_residual_head
 from agd.space.space import SearchSpace, build_op
 
 
@@ -15,8 +16,6 @@ def derive(g: Genotype, supernet: "nn.Module | None" = None) -> nn.Module:
 
     The result holds only ordinary convolutions, norms and activations (each a torch base class, see
     :mod:`agd.space.elastic`), so torch.export, ONNX and TVM take it as is."""
-    from agd.space.supernet import build_network, init_residual_head
-
     space = SearchSpace(g.config)
     space.validate(g)
     layers, c_in = [], g.config.in_ch

@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agd.arch.genotype import Genotype, LayerChoice
 from agd.io import AgdError
 from agd.ops import EpilogueCandidate, mixed_epilogue, mixed_epilogue_backend, mixed_sum
+from agd.ops.activations import EPILOGUE_ACTS, act_of
 from agd.space.blocks import EpilogueParts
+from agd.space.config import SpaceConfig
 from agd.space.elastic import ElasticInstanceNorm2d
-from agd.space.config import SpaceConfig, up_factors
-from agd.space.genotype import Genotype, LayerChoice
-from agd.space.networks import ChainGenerator, SRGenerator
+from agd.space.networks import build_network, init_residual_head
 from agd.space.space import LayerSpec, SearchSpace, build_op, op_valid
 
 OP_MODES = ("mixture", "sample", "argmax", "fixed")
@@ -67,38 +68,16 @@ class TemperatureSchedule:
         raise AgdError(f"temperature schedule: kind {self.kind!r} is not exp or linear")
 
 
-def build_network(space: SearchSpace, layers: list[nn.Module]) -> nn.Module:
-    """Wire layers (mixed or plain, in the space's order) into the space's generator topology."""
-    c = space.config
-    if space.kind == "translation":
-        return ChainGenerator(nn.ModuleList(layers), input_skip=c.input_skip)
-    return SRGenerator(nn.ModuleList(layers), c.n_cells, c.layers_per_cell, up_factors(c.scale),
-                       input_skip=c.input_skip)
-
-
-def init_residual_head(space: SearchSpace, last: nn.Module) -> None:
-    """With an input skip, scale the last layer's fresh weights by 0.1: an untrained network then starts
-    near the skip alone (bicubic upscaling, the identity) instead of adding noise to it."""
-    if space.config.input_skip != "none":
-        with torch.no_grad():
-            for p in last.parameters():
-                p.mul_(0.1)
-
-
 def epilogue_candidate(parts: EpilogueParts) -> tuple[EpilogueCandidate, float | None, float | None] | None:
     """(the fused epilogue's description of a block's output, its norm eps or None, its LeakyReLU slope or
     None), or None when the block ends in something the fused epilogue does not do (e.g. tanh)."""
     norm, act = parts.norm, parts.act
     if norm is not None and (not isinstance(norm, ElasticInstanceNorm2d) or norm.track_running_stats):
         return None
-    if isinstance(act, nn.ReLU):
-        kind, slope = "relu", None
-    elif isinstance(act, nn.LeakyReLU):
-        kind, slope = "lrelu", float(act.negative_slope)
-    elif isinstance(act, nn.Identity):
-        kind, slope = "none", None
-    else:
+    found = act_of(act)
+    if found is None or found[0] not in EPILOGUE_ACTS:
         return None
+    kind, slope = found[0], (found[1] if found[0] == "lrelu" else None)
     affine = norm is not None and norm.affine
     cand = EpilogueCandidate(parts.z, parts.shortcut, norm is not None, norm.weight if affine else None,
                              norm.bias if affine else None, kind)

@@ -1,14 +1,30 @@
-"""``agd search``: from a teacher and images to a genotype within a budget, in a run folder."""
+"""The search job: from a teacher and images to a genotype within a budget, in a run folder (``agd search``,
+and the first step of ``agd compress``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from rich.console import Console
 
-from agd.io import AgdError
+from agd.cost import count_macs
+from agd.cost.latency import LatencyTable
+from agd.distill.settings import make_loss
+from agd.io import AgdError, atomic_write_json
+from agd.jobs.progress import progress_bar
+from agd.runs import BudgetRecord, RunDir
+from agd.search import Search, default_space, get_search_config, macs_budget, write_results
+from agd.search import data as D
+from agd.search.budget import fit_space_to_budget, latency_budget, parse_macs
+from agd.search.profile import matmul_peak_gflops
+from agd.space import SearchSpace, get_config
+from agd.space.config import config_from_dict, config_to_dict
+from agd.teachers import TeacherSpec, load_teacher, resolve_on_resume
 
 
 @dataclass
@@ -33,34 +49,10 @@ class SearchJob:
     quiet: bool = False
 
 
-LOSS_FOR = {
-    # (search/train loss setting, task, phase) -> agd.distill preset; SR pretraining is pixel L1 alone
-    # (AGD's [1, 0, 0, 0]), translation pretraining uses its search loss
-    ("tiny", "sr", "pretrain"): "pixel", ("paper", "sr", "pretrain"): "pixel",
-    ("tiny", "translation", "pretrain"): "tiny-translation",
-    ("paper", "translation", "pretrain"): "paper-translation-search",
-    ("tiny", "sr", "search"): "tiny-sr", ("tiny", "sr", "train"): "tiny-sr",
-    ("tiny", "translation", "search"): "tiny-translation", ("tiny", "translation", "train"): "tiny-translation",
-    ("paper", "sr", "search"): "paper-sr", ("paper", "sr", "train"): "paper-sr",
-    ("paper", "translation", "search"): "paper-translation-search",
-    ("paper", "translation", "train"): "paper-translation-train",
-    **{("pixel", task, phase): "pixel" for task in ("sr", "translation") for phase in ("pretrain", "search", "train")},
-    # the main job's default: tiny for SR; pixel L1 alone for translation, where it measured 1-2 dB closer to
-    # the teacher on held-out images than the perceptual tiny loss (BENCHMARKS.md, issue 17)
-    ("cpu", "sr", "pretrain"): "pixel", ("cpu", "sr", "search"): "tiny-sr", ("cpu", "sr", "train"): "tiny-sr",
-    **{("cpu", "translation", phase): "pixel" for phase in ("pretrain", "search", "train")},
-}
-
-
-def make_loss(setting: str, teacher, vgg_weights: Path | None, device, phase: str = "search"):
-    """The distillation loss of a preset's loss setting (``tiny``, ``cpu``, ``paper``, ``pixel``) for the teacher's task.
-    Without VGG weights the paper presets fall back to the teacher's own early layers (recorded)."""
-    from agd.distill import DistillLoss
-
-    key = (setting, teacher.info.task, phase)
-    if key not in LOSS_FOR:
-        raise AgdError(f"loss setting {setting!r}: unknown (tiny, cpu, paper or pixel)")
-    return DistillLoss(LOSS_FOR[key], teacher=teacher, vgg_weights=vgg_weights, device=device)
+def init_distributed(device: str) -> None:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
 
 
 def teacher_record(teacher) -> dict[str, Any]:
@@ -76,16 +68,12 @@ def check_same_teacher(teacher, saved: Any, out: Path) -> None:
                        "or value range changed); start a new run")
 
 
-def run_search_job(job: SearchJob):
-    from agd.cost import count_macs
-    from agd.runs import RunDir
-    from agd.search import Search, default_space, get_search_config, macs_budget, write_results
-    from agd.search import data as D
-    from agd.search.budget import fit_space_to_budget, parse_macs
-    from agd.space import SearchSpace, get_config
-    from agd.space.config import config_from_dict, config_to_dict
-    from agd.teachers import TeacherSpec, load_teacher, resolve_on_resume
+def resumed_job(job: SearchJob, saved: dict[str, Any]) -> SearchJob:
+    """The job that continues the run whose config.yaml is ``saved``: its recorded budget and held-out images."""
+    return replace(job, exclude=tuple(saved.get("exclude", ())), **BudgetRecord.from_dict(saved["budget"]).job_fields())
 
+
+def run_search_job(job: SearchJob):
     cfg = get_search_config(job.preset, **(job.overrides or {}))
     run = RunDir.open(job.out, resume=job.resume)
     given = None if job.teacher is None else TeacherSpec.of(job.teacher)
@@ -94,14 +82,7 @@ def run_search_job(job: SearchJob):
         saved = run.read_config()
         given = resolve_on_resume(given, (saved.get("teacher") or {}).get("spec"), str(job.out))
         cfg = type(cfg).from_dict(saved["search"])
-        job.ratio = None
-        if saved["budget"]["kind"] == "macs":
-            job.macs, job.latency = saved["budget"]["macs"], None
-        else:
-            job.macs, job.latency = None, saved["budget"]["value"]
-            job.latency_table, job.target = Path(saved["budget"]["latency_table"]), saved["budget"]["target"]
-            job.latency_size = tuple(saved["budget"]["size"]) if saved["budget"].get("size") else None
-            job.precision, job.runtime = saved["budget"].get("precision"), saved["budget"].get("runtime")
+        job = resumed_job(job, saved)
     device = torch.device(job.device)
     teacher = load_teacher(given, device=device)
     if job.resume:
@@ -113,8 +94,6 @@ def run_search_job(job: SearchJob):
     space = SearchSpace(space_cfg)
     tables, narrowed_by = None, saved.get("space_narrowed", 1.0)
     if job.latency is not None:
-        from agd.search.budget import latency_budget
-
         if job.macs is not None or job.ratio is not None:
             raise AgdError("budget: give one of --macs, --ratio and --latency")
         if job.latency_table is None:
@@ -132,10 +111,8 @@ def run_search_job(job: SearchJob):
                 space_cfg, narrowed_by = fit_space_to_budget(space_cfg, value)
                 space = SearchSpace(space_cfg)
         budget = macs_budget(space, macs=job.macs, ratio=job.ratio, teacher_macs=teacher_macs)
-    if job.resume:
-        job.exclude = tuple(saved.get("exclude", ()))
     images = D.load_images(job.images, exclude=job.exclude)
-    console = _console(job.quiet)
+    console = Console(quiet=job.quiet)
     console.print(teacher.describe(), highlight=False)
     console.print(f"teacher {teacher.info.name}: preparing {len(images)} images (teacher outputs are cached)", highlight=False)
     with console.status("teacher pass") as status:
@@ -146,15 +123,15 @@ def run_search_job(job: SearchJob):
     if loss.fallback and not job.resume:
         console.print(f"loss {loss.cfg.name}: {loss.fallback}", highlight=False)
     if not job.resume:
+        table = LatencyTable.load(job.latency_table) if job.latency_table is not None else None
+        record = BudgetRecord(kind=budget.kind, value=budget.value,
+                              latency_table=str(job.latency_table) if job.latency_table else None, target=job.target,
+                              size=budget.size, deployment=budget.deployment,
+                              precision=table.precision if table else None, runtime=table.runtime if table else None)
         run.write_config({"command": "search", "teacher": teacher_record(teacher),
                           "images": str(job.images) if job.images else "built-in samples",
                           "exclude": list(job.exclude), "image_names": [n for n, _ in images],
-                          "budget": {"kind": budget.kind, "value": budget.value,
-                                     "macs": budget.value if budget.kind == "macs" else None,
-                                     "latency_table": str(job.latency_table) if job.latency_table else None,
-                                     "target": job.target, "size": list(budget.size) if budget.size else None,
-                                     "deployment": budget.deployment, "precision": _table_field(job, "precision"),
-                                     "runtime": _table_field(job, "runtime")},
+                          "budget": record.to_dict(),
                           "space": space_name, "space_config": config_to_dict(space_cfg), "space_narrowed": narrowed_by,
                           "search": cfg.to_dict(), "loss": loss.describe(),
                           "pretrain_loss": pretrain_loss.describe()})
@@ -167,12 +144,12 @@ def run_search_job(job: SearchJob):
     search = Search(cfg, teacher, items, budget, loss, run, device=device, tables=tables, progress=None,
                     pretrain_loss_fn=pretrain_loss, space_config=space_cfg)
     if not job.resume and search.rank == 0:
-        from agd.io import atomic_write_json
-        from agd.search.profile import matmul_peak_gflops
-
         atomic_write_json(run.path / "profile.json", {"step": search.profile(),
                                                        "peak_gflops": matmul_peak_gflops(device)})
-    result = _with_progress(search, job, console)
+    unit = 1e9 if search.budget.kind == "macs" else 1.0
+    with progress_bar(console, job.quiet or search.rank != 0, "search", search.cfg.total_steps, unit) as on_step:
+        search.progress = on_step
+        result = search.run_loop(resume=job.resume)
     if search.rank == 0:
         write_results(run, search, result)
         cost = (f"{result.cost / 1e9:.3f} GMACs" if budget.kind == "macs" else
@@ -182,54 +159,5 @@ def run_search_job(job: SearchJob):
     return run, search, result
 
 
-def _table_field(job: SearchJob, name: str) -> str | None:
-    """The latency table's precision or runtime (what the search budgets for), None without a table."""
-    if job.latency_table is None:
-        return None
-    from agd.tuning.latency_table import LatencyTable
-
-    return getattr(LatencyTable.load(job.latency_table), name)
-
-
 def _widths(c) -> str:
     return f"nf {c.nf}" if c.kind == "sr" else f"stem {c.stem_width}, down {list(c.down_widths)}, up {list(c.up_widths)}"
-
-
-def _console(quiet: bool):
-    from rich.console import Console
-
-    return Console(quiet=quiet)
-
-
-import contextlib
-
-
-@contextlib.contextmanager
-def _progress_bar(console, quiet: bool, title: str, total: int, expected_unit: float = 1e9):
-    """A progress bar with ETA; yields the per-step callback (``rec`` dicts with ``step`` and losses)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*cols, console=console, disable=quiet) as progress:
-        task = progress.add_task(title, total=total)
-
-        def on_step(rec: dict) -> None:
-            if "event" in rec:
-                progress.console.print(f"warning: {rec['event']}", highlight=False)
-                return
-            loss = rec.get("loss_w", rec.get("loss", float("nan")))
-            desc = f"{rec.get('phase', title)} loss {loss:.4f}"
-            if "expected" in rec:
-                desc += (f" E[cost] {rec['expected'] / expected_unit:.2f}{'G' if expected_unit == 1e9 else 'ms'}"
-                         f" λ {rec['lam']:.2f}")
-            progress.update(task, completed=rec["step"] + 1, description=desc)
-
-        yield on_step
-
-
-def _with_progress(search, job: SearchJob, console):
-    unit = 1e9 if search.budget.kind == "macs" else 1.0
-    with _progress_bar(console, job.quiet or search.rank != 0, "search", search.cfg.total_steps, unit) as on_step:
-        search.progress = on_step
-        return search.run_loop(resume=job.resume)

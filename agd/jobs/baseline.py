@@ -1,4 +1,4 @@
-"""``agd baseline``: honest baselines at the searched network's budget, trained exactly like it.
+"""The baseline job (``agd baseline``, and ``agd compress --baselines``): honest baselines at the searched network's budget, trained exactly like it.
 
 (a) a hand-designed network: residual blocks in every searchable layer (the layer's only operator where
 it has no choice), one width ratio everywhere, the ratio whose MACs come closest to the budget;
@@ -10,14 +10,19 @@ searched student and evaluated on the same images; the table and a Pareto chart 
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
+from agd.arch import Genotype, LayerChoice
 from agd.io import atomic_write_json, atomic_write_text
+from agd.jobs.train import run_eval_job, run_train_job
 from agd.search import derive_within_budget
-from agd.space import Genotype, LayerChoice, SearchSpace
+from agd.search.plots import plot_pareto
+from agd.space import SearchSpace
 
 
 def hand_designed(space: SearchSpace, budget: float, tol: float = 0.05) -> Genotype:
@@ -68,11 +73,6 @@ def run_baseline_job(searched: Path, *, teacher_spec=None, images: Path | None, 
     evaluated at full size (or at most ``eval_max_side``), e.g. Set14 when training on BSD or T91. ``exclude``
     keeps images out of training and ``only`` picks the evaluation images by name (a held-out split of one
     folder, as ``agd compress`` makes)."""
-    from rich.console import Console
-
-    from agd.commands.pipeline import run_eval_job, run_train_job
-    from agd.search.plots import plot_pareto
-
     console = Console(quiet=quiet)
     g = Genotype.load(searched)
     space = SearchSpace(g.config)
@@ -111,8 +111,6 @@ def run_baseline_job(searched: Path, *, teacher_spec=None, images: Path | None, 
         lines.append(f"| {name} | {r['macs'] / 1e9:.3f} | {r['params'] / 1e6:.3f} | {r['psnr_to_teacher']:.3f} | "
                      f"{r.get('psnr', float('nan')):.3f} |")
     if randoms:
-        import statistics
-
         mean = statistics.mean(randoms)
         sd = statistics.stdev(randoms) if len(randoms) > 1 else float("nan")
         s = next(r for r in rows if r["name"] == "searched")["psnr_to_teacher"]

@@ -9,25 +9,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-from agd.io import AgdError, atomic_path
-from agd.space import Genotype, derive
+from agd.arch.derive import derive
+from agd.arch.genotype import Genotype
+from agd.io import AgdError, atomic_path, load_checkpoint, unwrap_state_dict
+from agd.space.config import OfSpace, SpaceConfig
 
 
-class Student(nn.Module):
+class Student(OfSpace, nn.Module):
     def __init__(self, genotype: Genotype, net: nn.Module | None = None) -> None:
         super().__init__()
         self.genotype = genotype
         self.net = net if net is not None else derive(genotype)
 
     @property
-    def task(self) -> str:
-        return self.genotype.task
-
-    @property
-    def scale(self) -> int:
-        return self.genotype.scale
+    def config(self) -> SpaceConfig:
+        return self.genotype.config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return image_forward(self.net, x, self.task)
@@ -50,7 +49,6 @@ def image_forward(net: nn.Module, x: torch.Tensor, task: str) -> torch.Tensor:
 
 
 def save_weights(net: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp), metadata=metadata)
@@ -60,7 +58,6 @@ def save_weights(net: nn.Module, path: str | Path, metadata: dict[str, str] | No
 def load_student(genotype: Genotype | str | Path, weights: str | Path | None = None, device="cpu") -> Student:
     """A student from a genotype (object or JSON file) and optional weights (safetensors or a
     weights-only torch file of the derived network's state dict); without weights, seeded random ones."""
-    from agd.io import load_checkpoint, unwrap_state_dict
 
     g = genotype if isinstance(genotype, Genotype) else Genotype.load(genotype)
     with torch.random.fork_rng(devices=[]):

@@ -1,6 +1,6 @@
 """Run a derived generator's blocks on agd's fused kernels (inference).
 
-``convert(net, backend)`` returns a copy of a derived generator (from :func:`agd.space.derive`) in
+``convert(net, backend)`` returns a copy of a derived generator (from :func:`agd.arch.derive`) in
 which
 - every :class:`~agd.space.blocks.DwsBlock` is one ``agd::dws_block`` op (the whole block fused, see
   ``csrc/cpu/dws_block.cpp`` for what is fused under instance norm);
@@ -39,6 +39,8 @@ from torch import nn
 
 from agd import ops
 from agd.io import AgdError
+from agd.ops.activations import ACT_CODES, ONEDNN_ACTS, act_forward, act_of
+from agd.ops.onednn import onednn_reason
 from agd.space.blocks import ConvNormAct, DwsBlock, ResBlock
 from agd.space.elastic import ElasticConv2d, ElasticInstanceNorm2d
 
@@ -50,25 +52,9 @@ def available_backends() -> dict[str, str]:
     out = {}
     for name, dev in (("cpp", "cpu"), ("cuda", "cuda")):
         backend, why = ops.blocks_backend(dev)
-        if name == "cuda" and not torch.cuda.is_available():
-            why = why or "no CUDA device is visible"
-            backend = "reference"
         out[name] = "" if backend == name else why
     out["reference"] = ""
     return out
-
-
-def _act_of(m: nn.Module) -> tuple[str, float] | None:
-    """(activation name, negative slope) of an activation module, None when it is not one of ours."""
-    if isinstance(m, nn.Identity):
-        return "none", 0.2
-    if isinstance(m, nn.ReLU):
-        return "relu", 0.2
-    if isinstance(m, nn.LeakyReLU):
-        return "lrelu", float(m.negative_slope)
-    if isinstance(m, nn.Tanh):
-        return "tanh", 0.2
-    return None
 
 
 class _Norm:
@@ -87,7 +73,7 @@ class _Norm:
 
 def _epilogue(backend: str, y, shortcut, norm: _Norm, act: str, slope: float) -> torch.Tensor:
     if backend == "reference":
-        return ops.norm_act_residual_reference(y, shortcut, norm.weight, norm.bias, norm.on, ops.ACT_CODES[act],
+        return ops.norm_act_residual_reference(y, shortcut, norm.weight, norm.bias, norm.on, ACT_CODES[act],
                                                slope, norm.eps)[0]
     return ops.norm_act_residual(y, shortcut, norm.weight, norm.bias, norm=norm.on, act=act, negative_slope=slope,
                                  eps=norm.eps)
@@ -101,28 +87,13 @@ class FastConvNormAct(nn.Module):
         super().__init__()
         self.conv, self.backend = m.conv, backend
         self._norm_module = m.norm
-        self.act, self.slope = _act_of(m.act)  # type: ignore[misc]
+        self.act, self.slope = act_of(m.act)  # type: ignore[misc]
         self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor, out: int | None = None) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return _epilogue(self.backend, self.conv(x), None, _Norm(self._norm_module), self.act, self.slope)
-
-
-def onednn_reason() -> str:
-    """"" when oneDNN's fused convolution (``torch.ops.mkldnn._convolution_pointwise``) runs here, else why not."""
-    if not torch.backends.mkldnn.is_available():
-        return f"torch {torch.__version__} was built without oneDNN (mkldnn)"
-    try:
-        torch.ops.mkldnn._convolution_pointwise.default  # noqa: B018 (probe)
-        torch.ops.mkldnn._convolution_pointwise.binary  # noqa: B018
-    except (AttributeError, RuntimeError):
-        return f"torch {torch.__version__} has no mkldnn::_convolution_pointwise op"
-    return ""
-
-
-_ONEDNN_ACTS = {"none": "none", "relu": "relu", "lrelu": "leaky_relu", "tanh": "tanh"}
 
 
 def _fusable_conv(conv: nn.Module) -> bool:
@@ -159,7 +130,7 @@ class OneDnnConv(nn.Module):
         pw = torch.ops.mkldnn._convolution_pointwise
         if residual is None:
             scalars = [self.slope] if self.act == "lrelu" else []
-            y = pw(x, self.weight, self.bias, self.padding, self.stride, self.dilation, 1, _ONEDNN_ACTS[self.act],
+            y = pw(x, self.weight, self.bias, self.padding, self.stride, self.dilation, 1, ONEDNN_ACTS[self.act],
                    scalars, "")
         else:
             # oneDNN fuses add + relu / none after a convolution; other activations run in place after it
@@ -167,18 +138,8 @@ class OneDnnConv(nn.Module):
             y = pw.binary(x, residual.contiguous(memory_format=self.fmt), self.weight, self.bias, self.padding,
                           self.stride, self.dilation, 1, "add", None, fused, [], "")
             if fused is None:
-                y = _act_(y, self.act, self.slope)
+                y = act_forward(y, ACT_CODES[self.act], self.slope, inplace=True)
         return y.contiguous() if self.nchw_output else y
-
-
-def _act_(y: torch.Tensor, act: str, slope: float) -> torch.Tensor:
-    if act == "lrelu":
-        return F.leaky_relu_(y, slope)
-    if act == "relu":
-        return y.relu_()
-    if act == "tanh":
-        return y.tanh_()
-    return y
 
 
 class OneDnnConvNormAct(nn.Module):
@@ -186,7 +147,7 @@ class OneDnnConvNormAct(nn.Module):
 
     def __init__(self, m: ConvNormAct, channels_last: bool) -> None:
         super().__init__()
-        act, slope = _act_of(m.act)  # type: ignore[misc]
+        act, slope = act_of(m.act)  # type: ignore[misc]
         self.fused = OneDnnConv(m.conv, act, slope, channels_last=channels_last)
 
     def forward(self, x: torch.Tensor, out: int | None = None) -> torch.Tensor:
@@ -198,7 +159,7 @@ class OneDnnResBlock(nn.Module):
 
     def __init__(self, m: ResBlock, channels_last: bool) -> None:
         super().__init__()
-        act, slope = _act_of(m.act)  # type: ignore[misc]
+        act, slope = act_of(m.act)  # type: ignore[misc]
         self.conv1 = OneDnnConv(m.conv1.conv, act, slope, channels_last=channels_last)
         self.conv2 = OneDnnConv(m.conv2.conv, act, slope, channels_last=channels_last)
         self.proj = None if m.shortcut.proj is None else OneDnnConv(m.shortcut.proj.conv, "none", slope,
@@ -222,7 +183,7 @@ class FastResBlock(nn.Module):
         self.n1, self.n2 = m.conv1.norm, m.conv2.norm
         self.proj = m.shortcut.proj.conv if m.shortcut.proj is not None else None
         self.ns = m.shortcut.proj.norm if m.shortcut.proj is not None else None
-        self.act, self.slope = _act_of(m.act)  # type: ignore[misc]
+        self.act, self.slope = act_of(m.act)  # type: ignore[misc]
         self.backend = backend
 
     def forward(self, x: torch.Tensor, out: int | None = None) -> torch.Tensor:
@@ -248,7 +209,7 @@ class FastDwsBlock(nn.Module):
         for i, n in enumerate(self._norms):
             self.add_module(f"norm{i}", n)
         self.norm = isinstance(m.expand.norm, ElasticInstanceNorm2d)
-        self.act, self.slope = _act_of(m.act)  # type: ignore[misc]
+        self.act, self.slope = act_of(m.act)  # type: ignore[misc]
         self.reflect = m.depthwise.conv.padding_mode == "reflect"
         self.eps = float(m.expand.norm.eps) if self.norm else 1e-5
         self.affine = self.norm and any(getattr(n, "affine", False) for n in self._norms)
@@ -262,7 +223,7 @@ class FastDwsBlock(nn.Module):
         channels_last = x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
         args = (x.contiguous(), self.w_expand, self.w_dw, self.w_project, self.w_shortcut, aff)
         if self.backend == "reference":
-            y = ops.dws_block_reference(*args, self.norm, ops.ACT_CODES[self.act], self.slope, self.reflect, self.eps)
+            y = ops.dws_block_reference(*args, self.norm, ACT_CODES[self.act], self.slope, self.reflect, self.eps)
         else:
             y = ops.dws_block(*args, norm=self.norm, act=self.act, negative_slope=self.slope, reflect=self.reflect,
                               eps=self.eps)
@@ -274,8 +235,8 @@ def unsupported_reason(m: nn.Module) -> str | None:
     if isinstance(m, DwsBlock):
         if m.depthwise.conv.stride != (1, 1) or m.depthwise.conv.dilation != (1, 1):
             return "depthwise stride/dilation other than 1"
-        inner, last = _act_of(m.expand.act), _act_of(m.act)
-        if inner is None or last is None or inner != last or _act_of(m.depthwise.act) != inner:
+        inner, last = act_of(m.expand.act), act_of(m.act)
+        if inner is None or last is None or inner != last or act_of(m.depthwise.act) != inner:
             return "its activations differ or are not relu/lrelu/tanh/none"
         norms = [m.expand.norm, m.depthwise.norm, m.project.norm]
         if len({isinstance(n, ElasticInstanceNorm2d) for n in norms}) != 1:
@@ -284,7 +245,7 @@ def unsupported_reason(m: nn.Module) -> str | None:
             return "padding mode or conv bias not supported"
         return None
     if isinstance(m, ResBlock):
-        if _act_of(m.act) is None or _act_of(m.conv1.act) != _act_of(m.act):
+        if act_of(m.act) is None or act_of(m.conv1.act) != act_of(m.act):
             return "its activations differ"
         return None
     if isinstance(m, ConvNormAct):
@@ -292,7 +253,7 @@ def unsupported_reason(m: nn.Module) -> str | None:
             return "a lone depthwise ConvNormAct (only inside DwsBlock)"
         if not isinstance(m.norm, ElasticInstanceNorm2d):
             return "no norm: nothing to fuse"
-        if _act_of(m.act) is None:
+        if act_of(m.act) is None:
             return "activation not supported"
         return None
     return "not a block"
@@ -303,14 +264,14 @@ def onednn_reason_for(m: nn.Module) -> str | None:
     if isinstance(m, ConvNormAct):
         if m.depthwise or m.transposed or isinstance(m.norm, ElasticInstanceNorm2d):
             return "depthwise, transposed or normalised"
-        if not _fusable_conv(m.conv) or _act_of(m.act) is None:
+        if not _fusable_conv(m.conv) or act_of(m.act) is None:
             return "grouped conv, padding mode or activation not supported"
         return None
     if isinstance(m, ResBlock):
         convs = [m.conv1, m.conv2] + ([m.shortcut.proj] if m.shortcut.proj is not None else [])
         if any(isinstance(c.norm, ElasticInstanceNorm2d) or not _fusable_conv(c.conv) for c in convs):
             return "normalised, or a convolution oneDNN fusion does not take"
-        if _act_of(m.act) is None or _act_of(m.conv1.act) != _act_of(m.act):
+        if act_of(m.act) is None or act_of(m.conv1.act) != act_of(m.act):
             return "its activations differ"
         return None
     return "not a block"
@@ -326,7 +287,7 @@ def narrow_reason(m: nn.Module) -> str | None:
     k = c.kernel_size
     if k[0] != k[1] or k[0] % 2 == 0 or c.stride != (1, 1) or c.dilation != (1, 1) or c.padding != (k[0] // 2,) * 2:
         return "not a stride-1 'same' convolution with an odd square kernel"
-    if _act_of(m.act) is None:
+    if act_of(m.act) is None:
         return "activation not supported"
     return None
 
@@ -337,12 +298,12 @@ class FastNarrowConv(nn.Module):
     def __init__(self, m: ConvNormAct, backend: str) -> None:
         super().__init__()
         self.conv, self.backend = m.conv, backend
-        self.act, self.slope = _act_of(m.act)  # type: ignore[misc]
+        self.act, self.slope = act_of(m.act)  # type: ignore[misc]
         self.reflect = m.conv.padding_mode == "reflect"
 
     def forward(self, x: torch.Tensor, out: int | None = None) -> torch.Tensor:
         if self.backend == "reference":
-            return ops.conv_narrow_reference(x, self.conv.weight, self.conv.bias, self.reflect, ops.ACT_CODES[self.act],
+            return ops.conv_narrow_reference(x, self.conv.weight, self.conv.bias, self.reflect, ACT_CODES[self.act],
                                              self.slope)
         return ops.conv_narrow(x, self.conv.weight, self.conv.bias, reflect=self.reflect, act=self.act,
                                negative_slope=self.slope)

@@ -12,12 +12,14 @@
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agd.io import AgdError, atomic_write_text, read_json
-from agd.space.config import SpaceConfig, config_from_dict, config_to_dict
+from agd.space.config import OfSpace, SpaceConfig, config_from_dict, config_to_dict
+from agd.space.space import SearchSpace, op_valid
 
 FORMAT = "agd-genotype"
 VERSION = 1
@@ -31,17 +33,9 @@ class LayerChoice:
 
 
 @dataclass(frozen=True)
-class Genotype:
+class Genotype(OfSpace):
     config: SpaceConfig
     layers: list[LayerChoice] = field(default_factory=list)
-
-    @property
-    def task(self) -> str:
-        return self.config.kind
-
-    @property
-    def scale(self) -> int:
-        return self.config.scale
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "task": self.task, "scale": self.scale,
@@ -77,8 +71,6 @@ class Genotype:
                 raise AgdError(f"{what}: layer {item['name']}: width {item['width']!r} is not an integer")
             layers.append(LayerChoice(str(item["name"]), str(item["op"]), item["width"]))
         g = cls(cfg, layers)
-        from agd.space.space import SearchSpace
-
         try:
             SearchSpace(cfg).validate(g)
         except AgdError as e:
@@ -88,3 +80,46 @@ class Genotype:
     @classmethod
     def load(cls, path: str | Path) -> "Genotype":
         return cls.from_dict(read_json(path, "genotype"), f"genotype {Path(path)}")
+
+
+# ------------------------------------------------------------------ genotypes of a space
+def macs_extremes(space: SearchSpace, hw: tuple[int, int] | None = None) -> tuple[tuple[int, Genotype], tuple[int, Genotype]]:
+    """((min MACs, its genotype), (max MACs, its genotype)) by dynamic programming over the width chain."""
+    sizes = space.input_sizes(hw)
+    out = []
+    for better in (min, max):
+        best: dict[int, tuple[int, list[LayerChoice]]] = {space.config.in_ch: (0, [])}
+        for i, spec in enumerate(space.layers):
+            nxt: dict[int, tuple[int, list[LayerChoice]]] = {}
+            for ci, (cost, path) in best.items():
+                for co in spec.widths:
+                    for op in spec.ops:
+                        if not op_valid(op, spec, ci, co):
+                            continue
+                        c = cost + space.op_macs(i, op, ci, co, sizes[i])
+                        if co not in nxt or better(c, nxt[co][0]) != nxt[co][0]:
+                            nxt[co] = (c, path + [LayerChoice(spec.name, op, co)])
+            best = nxt
+        cost, path = better(best.values(), key=lambda t: t[0])
+        out.append((cost, Genotype(space.config, path)))
+    return out[0], out[1]
+
+
+def random_genotype(space: SearchSpace, rng: random.Random) -> Genotype:
+    """A uniformly random valid choice per layer (widths first, then a valid operator)."""
+    layers, c_in = [], space.config.in_ch
+    for spec in space.layers:
+        co = rng.choice(spec.widths)
+        ops = [op for op in spec.ops if op_valid(op, spec, c_in, co)]
+        layers.append(LayerChoice(spec.name, rng.choice(ops), co))
+        c_in = co
+    return Genotype(space.config, layers)
+
+
+def max_genotype(space: SearchSpace, op: str | None = None) -> Genotype:
+    """Largest widths everywhere, with ``op`` (or each layer's first operator) in searchable layers."""
+    layers = []
+    for spec in space.layers:
+        o = op if (op in spec.ops and op != "identity") else spec.ops[0]
+        layers.append(LayerChoice(spec.name, o, max(spec.widths)))
+    return Genotype(space.config, layers)

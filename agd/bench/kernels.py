@@ -19,15 +19,18 @@ host work (Python, autograd, launches), which says nothing about the kernels.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
 from agd import ops
 from agd.ops import EpilogueCandidate
-from agd.timing import wall_times_ms
+from agd.search.supernet import Supernet
+from agd.space import SearchSpace, get_config
+from agd.timing import median_ms
 
 
 @dataclass(frozen=True)
@@ -90,16 +93,9 @@ def bytes_moved(w: Workload, dtype: torch.dtype) -> tuple[int, int]:
 
 
 def timer(device: str) -> Callable[[Callable[[], object]], float]:
-    """Median milliseconds of a callable: triton.testing.do_bench on CUDA, perf_counter on CPU."""
-    if torch.device(device).type == "cuda":
-        import triton.testing
-
-        return lambda fn: float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-
-    def cpu(fn, reps: int = 5) -> float:
-        return statistics.median(wall_times_ms(fn, reps, warmup=1))
-
-    return cpu
+    """Median milliseconds of a callable (:func:`agd.timing.median_ms`): CUDA events on a GPU, on the CPU
+    the wall clock of 5 calls after 1 warm-up call."""
+    return lambda fn: median_ms({"fn": fn}, device, reps=5, warmup=1)["fn"]
 
 
 def fwd_bwd(impl: str, wts, leaves, build, channels: int) -> Callable[[], object]:
@@ -127,9 +123,6 @@ def device_ms(fn: Callable[[], object], iters: int = 10) -> float:
     """Milliseconds of GPU work per call of ``fn`` (kernels, copies and fills, from torch.profiler's device
     timeline), which leaves out the host: at these sizes a call's wall time is mostly Python, autograd and
     launches, while this is what the kernels themselves take."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
     fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -197,8 +190,6 @@ def run_epilogue_suite(device: str, quick: bool, dtypes: tuple[torch.dtype, ...]
 def search_step(device: str, fused: bool, quick: bool):
     """(a closure running one supernet search step, its description): weight step (forward + backward +
     SGD) then arch step (forward + backward + Adam on alpha/beta), the epilogue fused or eager."""
-    from agd.space import SearchSpace, Supernet, get_config
-
     cuda = torch.device(device).type == "cuda"
     preset, batch = ("translation", 2 if quick else 4) if cuda else ("translation-tiny", 1)
     torch.manual_seed(0)
@@ -219,6 +210,7 @@ def search_step(device: str, fused: bool, quick: bool):
             (sn(x) - target).abs().mean().backward()
             opt.step()
 
+    step.supernet = sn  # for a check of the step's result before it is timed
     return step, f"search step {preset} b{batch}", backend
 
 

@@ -4,7 +4,7 @@
 ``{"op", "shape", "backend", "median_ms", "ratio"}`` where ``ratio`` = eager median / this median
 (> 1: faster than eager; eager's own row is 1.0). Backends: "eager" (the standard-op module / torch
 functions, oneDNN on CPU, cuDNN on GPU), "agd" (the compiled agd op, or the converted student, see
-:mod:`agd.space.fast`), "compile" (torch.compile of the eager module; by default in the full suite only,
+:mod:`agd.arch.fast`), "compile" (torch.compile of the eager module; by default in the full suite only,
 since compiling takes tens of seconds per module on a small CPU). On a GPU every row is timed with
 ``triton.testing.do_bench`` (CUDA events), on the CPU with interleaved wall-clock calls. Shapes are
 those of real derived genotypes at batch 1: the translation body at 64x64 (a 256x256 input), the SR
@@ -17,17 +17,21 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from agd import ops
+from agd.arch import Genotype, derive, random_genotype
+from agd.arch.fast import FastDwsBlock, convert
 from agd.io import AgdError
-from agd.timing import interleaved_times_ms
+from agd.space import SearchSpace, get_config
+from agd.space.blocks import DwsBlock, Style
+from agd.timing import median_ms
 
 
 @dataclass(frozen=True)
@@ -43,30 +47,11 @@ QUICK = SuiteConfig(warmup=1, reps=3, compile=False)
 FULL = SuiteConfig(warmup=2, reps=10)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, cfg: SuiteConfig) -> dict[str, float]:
-    """Median time (ms) of each of ``fns`` under no_grad. On the CPU: wall time, the calls alternating (see
-    :func:`agd.timing.interleaved_times_ms`). On a GPU: ``triton.testing.do_bench`` (CUDA events around each
-    call, L2 flushed between calls, median of about 100 ms of calls), since a host clock around one
-    synchronised call of a batch-1 kernel measures the launch and the synchronisation more than the kernel."""
-    if device.type == "cuda":
-        import triton.testing
-
-        with torch.no_grad():
-            return {k: float(triton.testing.do_bench(f, warmup=25, rep=100, return_mode="median"))
-                    for k, f in fns.items()}
+def _medians(fns: dict[str, Callable[[], object]], device: torch.device, cfg: SuiteConfig) -> dict[str, float]:
+    """Median time (ms) of each of ``fns`` under no_grad, with the suite's repetitions (see
+    :func:`agd.timing.median_ms`: interleaved wall clock on the CPU, CUDA events on a GPU)."""
     with torch.no_grad():
-        times = interleaved_times_ms(fns, cfg.reps, cfg.warmup, sync=lambda: _sync(device))
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, cfg: SuiteConfig) -> float:
-    """Median wall time of ``fn`` in milliseconds (synchronising the device around each call)."""
-    return time_interleaved({"fn": fn}, device, cfg)["fn"]
+        return median_ms(fns, device, cfg.reps, cfg.warmup)
 
 
 def _rows(op: str, shape: str, timings: dict[str, float]) -> list[dict]:
@@ -82,7 +67,7 @@ def _compiled(fn: Callable, cfg: SuiteConfig, device: torch.device, example: tup
     c = torch.compile(fn)
     with torch.no_grad():
         c(*example)  # compile outside the timing
-    return time_ms(lambda: c(*example), device, cfg)
+    return _medians({"compile": lambda: c(*example)}, device, cfg)["compile"]
 
 
 def _dwconv_cases(quick: bool) -> list[tuple[int, int, int, int, int, bool]]:
@@ -102,8 +87,8 @@ def _bench_dwconv(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[d
             x = x.contiguous(memory_format=torch.channels_last)
         wt = torch.randn(c, 1, 3, 3, device=device)
         shape = f"1x{c}x{h}x{w} s{s} d{d} {'NHWC' if cl else 'NCHW'}"
-        t = time_interleaved({"eager": lambda: F.conv2d(x, wt, None, s, d, d, c),
-                              "agd": lambda: torch.ops.agd.dwconv3x3(x, wt, s, d)}, device, cfg)
+        t = _medians({"eager": lambda: F.conv2d(x, wt, None, s, d, d, c),
+                      "agd": lambda: torch.ops.agd.dwconv3x3(x, wt, s, d)}, device, cfg)
         rows += _rows("dwconv3x3", shape, t)
     return rows
 
@@ -117,9 +102,9 @@ def _bench_epilogue(device: torch.device, cfg: SuiteConfig, quick: bool) -> list
         def eager(y=y, s=s):
             return torch.relu(F.instance_norm(y) + s)
 
-        t = time_interleaved({"eager": eager,
-                              "agd": lambda y=y, s=s: torch.ops.agd.norm_act_residual(y, s, None, None, True, 1, 0.2,
-                                                                                      1e-5)}, device, cfg)
+        t = _medians({"eager": eager,
+                      "agd": lambda y=y, s=s: torch.ops.agd.norm_act_residual(y, s, None, None, True, 1, 0.2,
+                                                                              1e-5)}, device, cfg)
         if cfg.compile:
             t["compile"] = _compiled(eager, cfg, device, (y, s))
         rows += _rows("norm_act_residual (IN + add + relu)", f"1x{c}x{hw}x{hw}", t)
@@ -143,8 +128,8 @@ def _bench_narrow(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[d
         def eager(x=x, w=w, b=b, reflect=reflect, code=code):
             return ops.conv_narrow_reference(x, w, b, reflect, code, 0.2)
 
-        t = time_interleaved({"eager": eager, "agd": lambda x=x, w=w, b=b, reflect=reflect, code=code:
-                              torch.ops.agd.conv_narrow(x, w, b, reflect, code, 0.2)}, device, cfg)
+        t = _medians({"eager": eager, "agd": lambda x=x, w=w, b=b, reflect=reflect, code=code:
+                      torch.ops.agd.conv_narrow(x, w, b, reflect, code, 0.2)}, device, cfg)
         if cfg.compile:
             t["compile"] = _compiled(eager, cfg, device, ())
         rows += _rows("conv_narrow", f"{name} 1x{c}x256x256", t)
@@ -161,15 +146,13 @@ def _bench_gemm(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[dic
     for m, k, n in cases:
         g = torch.Generator().manual_seed(0)
         a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
-        t = time_interleaved({"eager": lambda a=a, b=b: torch.mm(a, b),
-                              "agd": lambda a=a, b=b: torch.ops.agd.block_gemm(a, b, "auto")}, device, cfg)
+        t = _medians({"eager": lambda a=a, b=b: torch.mm(a, b),
+                      "agd": lambda a=a, b=b: torch.ops.agd.block_gemm(a, b, "auto")}, device, cfg)
         rows += _rows(f"block_gemm ({ops.block_gemm_name()})", f"{m}x{k} @ {k}x{n}", t)
     return rows
 
 
 def _dws_cases(quick: bool):
-    from agd.space.blocks import Style
-
     trans = Style("instance", False, "relu", "reflect", False)
     sr = Style("none", False, "lrelu", "zeros", False)
     cases = [("translation", 128, 128, trans), ("sr", 40, 40, sr)]
@@ -180,16 +163,13 @@ def _dws_cases(quick: bool):
 
 
 def _bench_dws(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[dict]:
-    from agd.space.blocks import DwsBlock
-    from agd.space.fast import FastDwsBlock
-
     rows = []
     for space, cin, cout, style in _dws_cases(quick):
         torch.manual_seed(0)
         blk = DwsBlock(cin, cout, style).to(device).eval()
         fast = FastDwsBlock(blk, "cuda" if device.type == "cuda" else "cpp").eval()
         x = torch.randn(1, cin, 64, 64, device=device)
-        t = time_interleaved({"eager": lambda: blk(x), "agd": lambda: fast(x)}, device, cfg)
+        t = _medians({"eager": lambda: blk(x), "agd": lambda: fast(x)}, device, cfg)
         if cfg.compile:
             t["compile"] = _compiled(blk, cfg, device, (x,))
         rows += _rows("dws_block", f"{space} {cin}->{cout} (hidden {3 * cin}) 1x{cin}x64x64", t)
@@ -197,10 +177,6 @@ def _bench_dws(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[dict
 
 
 def _students(quick: bool) -> list[tuple[str, nn.Module, tuple[int, int, int, int]]]:
-    from pathlib import Path
-
-    from agd.space import Genotype, SearchSpace, derive, get_config
-
     root = Path(__file__).resolve().parents[2] / "examples"
     out = []
     for name, size in (("translation_r9_small.json", 256), ("sr_x4_small.json", 64)):
@@ -210,21 +186,19 @@ def _students(quick: bool) -> list[tuple[str, nn.Module, tuple[int, int, int, in
     if not quick:
         for task, size in (("translation", 256), ("sr", 64)):
             space = SearchSpace(get_config(task))
-            g = space.random_genotype(random.Random(1))
+            g = random_genotype(space, random.Random(1))
             out.append((f"random {task} (seed 1)", derive(g), (1, 3, size, size)))
     return out
 
 
 def _bench_students(device: torch.device, cfg: SuiteConfig, quick: bool) -> list[dict]:
-    from agd.space.fast import convert
-
     rows = []
     for name, net, shape in _students(quick):
         torch.manual_seed(0)
         net = net.to(device).eval()
         fast = convert(net, "cuda" if device.type == "cuda" else "cpp")
         x = torch.rand(*shape, device=device)
-        t = time_interleaved({"eager": lambda: net(x), "agd": lambda: fast(x)}, device, cfg)
+        t = _medians({"eager": lambda: net(x), "agd": lambda: fast(x)}, device, cfg)
         if cfg.compile:
             t["compile"] = _compiled(net, cfg, device, (x,))
         rows += _rows("student", f"{name} input {'x'.join(map(str, shape))}", t)
