@@ -266,7 +266,7 @@ def onnxruntime_modules():
         import onnxruntime as ort
         import onnxruntime.quantization as quantization
     except ImportError as e:
-        raise ImportError(f"ONNX Runtime rows need onnx and onnxruntime (pip install onnx onnxruntime; missing: {e.name})",
+        raise ImportError(f"ONNX Runtime support needs onnx and onnxruntime (pip install onnx onnxruntime; missing: {e.name})",
                           name=e.name) from None
     return ort, quantization
 
