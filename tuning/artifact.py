@@ -25,7 +25,7 @@ from agd.arch import Genotype, derive
 from agd.io import AgdError, atomic_write_json, load_checkpoint, sha256_file, unwrap_state_dict
 from agd.machine import require_precision
 from agd.metrics.image_quality import output_psnr
-from agd.timing import interleaved_times_ms
+from agd.timing import Summary, interleaved_times_ms
 from agd.tuning import DEFAULT_TRIALS  # noqa: F401  (re-exported beside CompileConfig: agd compile's default budget)
 from agd.tuning.build import build, export_library
 from agd.tuning.calibration import input_range
@@ -143,7 +143,7 @@ def _vs_eager(model: torch.nn.Module, cm: CompiledModel, x: torch.Tensor, spec: 
             model(x)
 
     t = interleaved_times_ms({"eager": eager, "tvm": cm.bind(x.numpy())}, reps=max(5, config.timing.repeat), warmup=2)
-    e, v = float(np.median(t["eager"])), float(np.median(t["tvm"]))
+    e, v = Summary.of(t["eager"]).median_ms, Summary.of(t["tvm"]).median_ms
     return {"compared": True, "eager_ms": e, "tvm_ms": v, "speedup": e / v, "slower_than_eager": v > e,
             "threads": torch.get_num_threads(), "method": f"interleaved wall clock, median of {len(t['tvm'])} calls each"}
 
