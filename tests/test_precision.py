@@ -206,3 +206,27 @@ def test_latency_table_build_bad_runtime_and_precision(tmp_path, capsys):
                            "--runtime", "onnxruntime")
     assert code == 2 and "timed on this machine" in err
     assert not out.exists()
+
+
+def test_an_rpc_device_brings_its_own_instructions(tmp_path, monkeypatch):
+    """This CPU's missing int8 instructions refuse an x86 build, never a build for an rpc:// aarch64 device (sdot
+    runs there): CI's AMD EPYC without VNNI refused `agd compile --target rpc://... --precision int8` before."""
+    from torch import nn
+
+    from agd.cost.latency import check_runtime
+    from agd.tuning.artifact import CompileConfig, compile_model
+    from agd.tuning.targets import resolve_target
+
+    monkeypatch.setattr(machine, "cpu", lambda: OLD)
+    rpc, x86 = resolve_target("rpc://127.0.0.1:9190/agd-arm64"), resolve_target("x86")
+    assert not rpc.runs_on_this_cpu and x86.runs_on_this_cpu and not resolve_target("cuda").runs_on_this_cpu
+    cfg = CompileConfig(precision="int8", trials=0)
+    with pytest.raises(AgdError, match="AVX512-VNNI"):
+        compile_model(nn.Conv2d(3, 3, 1), x86, (1, 3, 8, 8), cfg)
+    with pytest.raises(AgdError, match="no calibration images"):  # past the CPU check, before the device is reached
+        compile_model(nn.Conv2d(3, 3, 1), rpc, (1, 3, 8, 8), cfg)
+    with pytest.raises(AgdError, match="AVX512-VNNI"):
+        check_runtime("tvm", "int8")
+    check_runtime("tvm", "int8", on_this_cpu=False)
+    with pytest.raises(AgdError, match="no bf16 convolution"):
+        check_runtime("onnxruntime", "bf16", on_this_cpu=False)

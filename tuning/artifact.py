@@ -88,7 +88,8 @@ def device_for(spec: TargetSpec, what: str) -> Any:
 def compile_model(model: torch.nn.Module, spec: TargetSpec, input_shape: tuple[int, ...], config: CompileConfig,
                   layer_names: dict[str, str] | None = None) -> dict[str, Any]:
     """Convert, optionally tune, build, check against PyTorch and time ``model``; returns the pieces (no files)."""
-    require_precision(config.precision)
+    if spec.runs_on_this_cpu:  # elsewhere the target's own instructions decide (agd.tuning.int8.scheme_for)
+        require_precision(config.precision)
     gen = torch.Generator().manual_seed(config.seed)
     lo, hi = config.input_range
     x = torch.rand(input_shape, generator=gen) * (hi - lo) + lo

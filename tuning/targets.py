@@ -36,6 +36,12 @@ class TargetSpec:
     rpc: tuple[str, int, str] | None = None  # (host, port, key) of a TVM RPC tracker
     notes: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def runs_on_this_cpu(self) -> bool:
+        """The build runs on this machine's x86 CPU, so a precision needs this CPU's instructions (an
+        rpc:// device, a cross-compiled aarch64 build and a GPU bring their own)."""
+        return self.name == "x86"
+
 
 def _tvm_env() -> ModuleType:
     """:mod:`agd.tuning.tvm_env` (AgdError when TVM is unusable), imported on first use: this module is the

@@ -18,7 +18,8 @@ until one succeeds. Until 2026-11-28 every candidate of the reflect-pad gathers 
 arguments, :func:`_alloc_arguments`) and the ledger marked them tuned: the figures above for those
 gathers were their default schedules.
 
-Builds run in worker processes with :func:`build_candidate`, which avoids TVM's default builder's
+Builds run in long-lived worker processes (:class:`agd.tuning.builder.PersistentBuilder`) with
+:func:`agd.tuning.builder.build_candidate`, which avoids TVM's default builder's
 ``import tvm.s_tir.tensor_intrin`` (30-48 s per worker here, more than the default build timeout). The
 tuning process itself needs that import (every MetaSchedule tune context does it) and makes it in
 :func:`import_tensor_intrinsics`, about 4x faster.
@@ -41,15 +42,14 @@ import numpy as np
 
 from agd.io import atomic_write_json, read_json
 from agd.tuning.build import fused_module, tvm_target
+from agd.tuning.builder import PersistentBuilder
 from agd.tuning.targets import TargetSpec
 from agd.tuning.tvm_env import (
-    RemoveWeightLayoutRewriteBlock,
     estimate_tir_flops,
     extract_tasks,
     extracted_tasks_to_tune_contexts,
     ms,
     tvm,
-    tvm_build,
     tvm_ffi,
 )
 
@@ -100,12 +100,6 @@ class TuneReport:
     # tasks with no measured schedule after this run (every candidate failed: timeouts, crashes): they
     # build with TVM's default schedule, and the next run tunes them again
     tasks_unscheduled: int = 0
-
-
-def build_candidate(mod: Any, target: Any, _params: Any) -> Any:
-    """MetaSchedule builder function: TVM's default build without importing ``tvm.s_tir.tensor_intrin``."""
-    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm_build(mod, target=target)
 
 
 def import_tensor_intrinsics() -> None:
@@ -298,7 +292,7 @@ def round_size(trials_per_iter: int, budget: int, tasks: int) -> int:
 
 
 def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = TuneConfig(),
-         runner: Any = None) -> TuneReport:
+         runner: Any = None, builder: Any = None) -> TuneReport:
     """Tune the Relax module's fused workloads for ``spec`` into the database in ``work_dir``.
 
     The tasks that still lack trials of their share (:func:`allocate_trials`, :func:`trials_left`) are
@@ -310,7 +304,9 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
     (BENCHMARKS.md), which a split by arithmetic cannot know.
 
     ``runner`` defaults to a local runner (the build machine is the target); for RPC targets pass
-    :func:`agd.tuning.measure.rpc_runner`'s result."""
+    :func:`agd.tuning.measure.rpc_runner`'s result. ``builder`` defaults to a
+    :class:`agd.tuning.builder.PersistentBuilder` of this run (closed at its end); another MetaSchedule
+    builder (TVM's ``LocalBuilder``: tests/benchmarks/test_bench_tuning.py) is the caller's to close."""
     t0 = time.perf_counter()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -340,8 +336,9 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
         runner = runner or ms.runner.LocalRunner(timeout_sec=config.runner_timeout_s,
                                                  f_alloc_argument=alloc_local_arguments,
                                                  initializer=None if gpu else limit_worker_memory)
-        builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=config.builder_timeout_s,
-                                          initializer=limit_worker_memory)
+        own_builder = builder is None
+        if own_builder:
+            builder = PersistentBuilder(config.builder_timeout_s, initializer=limit_worker_memory)
 
         def run(which: list[int], budget: int, rounds: int, attempt: int = 0) -> None:
             contexts, weights = [], []
@@ -361,18 +358,22 @@ def tune(mod: Any, spec: TargetSpec, work_dir: str | Path, config: TuneConfig = 
 
         budget = sum(left[i] for i in todo)
         rounds = round_size(config.trials_per_iter, budget, len(todo))
-        run(todo, budget, rounds)
-        after = dict(zip(todo, _records_per_workload(db, [tasks[i] for i in todo])))
-        # a task whose every candidate failed (a crash; runner timeouts of pathological candidates, seen
-        # with a trial or two per task) would build with TVM's default schedule (one thread, no
-        # vectorization): it gets further rounds of its own, a few times
-        unscheduled = [i for i in todo if after[i] == 0]
-        for attempt in range(1, config.retries + 1):
-            if not unscheduled:
-                break
-            run(unscheduled, len(unscheduled) * rounds, rounds, attempt)
-            after.update(zip(unscheduled, _records_per_workload(db, [tasks[i] for i in unscheduled])))
-            unscheduled = [i for i in unscheduled if after[i] == 0]
+        try:
+            run(todo, budget, rounds)
+            after = dict(zip(todo, _records_per_workload(db, [tasks[i] for i in todo])))
+            # a task whose every candidate failed (a crash; runner timeouts of pathological candidates, seen
+            # with a trial or two per task) would build with TVM's default schedule (one thread, no
+            # vectorization): it gets further rounds of its own, a few times
+            unscheduled = [i for i in todo if after[i] == 0]
+            for attempt in range(1, config.retries + 1):
+                if not unscheduled:
+                    break
+                run(unscheduled, len(unscheduled) * rounds, rounds, attempt)
+                after.update(zip(unscheduled, _records_per_workload(db, [tasks[i] for i in unscheduled])))
+                unscheduled = [i for i in unscheduled if after[i] == 0]
+        finally:
+            if own_builder:
+                builder.close()
         # the run spent the budget these tasks lacked: each has its share now, however the scheduler split
         # it, and is not tuned again for this budget (a killed run never gets here and resumes from
         # records); a task still without a schedule is left out of the ledger, so the next run tunes it

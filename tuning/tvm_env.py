@@ -21,21 +21,25 @@ try:
     import tvm_ffi
     from tvm import relax, rpc, s_tir, te, tirx, transform
     from tvm.driver import build as tvm_build
+    from tvm.ir.utils import derived_object
     from tvm.relax.expr_functor import PyExprMutator, mutator
     from tvm.relax.frontend.torch import from_exported_program
     from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
     from tvm.s_tir import TensorIntrin
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_export
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
     from tvm.script import tirx as T
     from tvm.support import cc
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 except Exception as e:  # an ImportError, or a native library that does not load
     raise AgdError(f"apache-tvm is not usable ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                    f"{TVM_PINS}") from None
 
-__all__ = ["TVM_PINS", "ExportedProgramImporter", "PyExprMutator", "RemoveWeightLayoutRewriteBlock", "T",
-           "TensorIntrin", "cc", "estimate_tir_flops", "extract_tasks", "extracted_tasks_to_tune_contexts",
+__all__ = ["TVM_PINS", "ExportedProgramImporter", "PopenPoolExecutor", "PyExprMutator",
+           "RemoveWeightLayoutRewriteBlock", "StatusKind", "T", "TensorIntrin", "cc", "default_export",
+           "derived_object", "estimate_tir_flops", "extract_tasks", "extracted_tasks_to_tune_contexts",
            "from_exported_program", "ms", "mutator", "relax", "rpc", "s_tir", "te", "tirx", "transform", "tvm",
            "tvm_build", "tvm_ffi"]

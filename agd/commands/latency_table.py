@@ -44,8 +44,9 @@ def latency_table_build(
 ) -> None:
     """Measure every (operator, widths, resolution) configuration of a space on a target; resumable."""
     lt = tvm_bound("agd.tuning.latency_table")
-    check_runtime(runtime, precision)
     spec = resolve_target(target)
+    # onnxruntime and inductor are timed here; TVM on the target (an rpc:// device brings its own instructions)
+    check_runtime(runtime, precision, on_this_cpu=runtime != "tvm" or spec.runs_on_this_cpu)
     session = tvm_bound("agd.tuning.artifact").device_for(spec, "timing a latency table") if runtime == "tvm" else None
     if runtime != "tvm" and spec.name != "x86":
         raise AgdError(f"--runtime {runtime}: timed on this machine (--target x86), not {spec.name}")

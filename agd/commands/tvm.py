@@ -50,7 +50,7 @@ def compile_cmd(
     if precision not in PRECISIONS:
         raise AgdError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     spec = resolve_target(target, cuda_arch=cuda_arch)
-    if spec.name == "x86":  # the build runs on this CPU: it must have the precision's instructions
+    if spec.runs_on_this_cpu:  # the build runs on this CPU: it must have the precision's instructions
         require_precision(precision)
     db = database or default_database(spec.name)
     hw = parse_size(size)

@@ -33,11 +33,13 @@ GAPS = {("tvm", "bf16"): "TVM 0.27 has no tensor intrinsic for AVX512-BF16 or AM
         ("onnxruntime", "bf16"): "ONNX Runtime's CPU execution provider has no bf16 convolution"}
 
 
-def check_runtime(runtime: str, precision: str) -> None:
-    """AgdError for an unknown runtime or a precision it does not deploy (naming why)."""
+def check_runtime(runtime: str, precision: str, on_this_cpu: bool = True) -> None:
+    """AgdError for an unknown runtime or a precision it does not deploy (naming why), or, where the
+    networks run on this CPU (``on_this_cpu``), a precision this CPU has no instructions for."""
     if runtime not in RUNTIMES:
         raise AgdError(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
-    require_precision(precision)
+    if on_this_cpu:
+        require_precision(precision)
     if precision not in RUNTIME_PRECISIONS[runtime]:
         raise AgdError(f"--runtime {runtime} --precision {precision}: {GAPS[(runtime, precision)]} "
                        f"({runtime} deploys {', '.join(RUNTIME_PRECISIONS[runtime])})")

@@ -27,8 +27,8 @@ from agd.space import SearchSpace, get_config  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_bench_deploy(request, tmp_path):
-    full = not request.config.getoption("benchmark_disable", default=True)
+def test_bench_deploy(measuring, tmp_path):
+    full = measuring
     if full:
         paths = [REPO / p for p in DEFAULT_STUDENTS]
         trials = int(os.environ.get("AGD_BENCH_TRIALS", "0"))
