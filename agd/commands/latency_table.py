@@ -48,7 +48,7 @@ def latency_table_build(
     # onnxruntime and inductor are timed here; TVM on the target (an rpc:// device brings its own instructions)
     check_runtime(runtime, precision, on_this_cpu=runtime != "tvm" or spec.runs_on_this_cpu)
     session = tvm_bound("agd.tuning.artifact").device_for(spec, "timing a latency table") if runtime == "tvm" else None
-    if runtime != "tvm" and spec.name != "x86":
+    if runtime != "tvm" and not spec.runs_on_this_cpu:
         raise AgdError(f"--runtime {runtime}: timed on this machine (--target x86), not {spec.name}")
     if output.exists():
         table = LatencyTable.load(output)

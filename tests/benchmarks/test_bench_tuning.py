@@ -35,13 +35,12 @@ def test_bench_tune(measuring, benchmark, tmp_path, builder):
     prog = to_relax(m, torch.rand(1, 16, 32, 32))
     spec = resolve_target("x86")
     cfg = TuneConfig(trials=trials, min_trials_per_task=4, trials_per_iter=4, population=32)
-    runs = iter(range(100))
     reports = []
 
     def once():
         local = (ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=cfg.builder_timeout_s,
                                          initializer=limit_worker_memory) if builder == "tvm-local" else None)
-        reports.append(tune(prog.mod, spec, tmp_path / f"db{next(runs)}", cfg, builder=local))
+        reports.append(tune(prog.mod, spec, tmp_path / f"db{len(reports)}", cfg, builder=local))
 
     benchmark.pedantic(once, rounds=3, iterations=1, warmup_rounds=0)
     r = reports[-1]
